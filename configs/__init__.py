@@ -1,0 +1,1 @@
+"""Hydra config tree of gentrain, shipped in the wheel as ``gentrain.configs``."""

@@ -1,0 +1,68 @@
+"""What the trainer needs from a dataset: its spec, a resumable training stream, eval passes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+
+from gentrain.data.batch import Batch, DataSpec
+
+
+class ResumableLoader(Protocol):
+    """An endless stream of training batches whose position can be saved and restored.
+
+    The order depends only on (seed, epoch, rank, world size), so restoring ``state_dict()``
+    replays exactly the batches an uninterrupted run would have seen.
+    """
+
+    batch_size: int
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __next__(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+class DataModule(ABC):
+    """A dataset as the trainer sees it. Subclasses set ``spec`` in their constructor."""
+
+    spec: DataSpec
+    batch_size: int
+
+    @abstractmethod
+    def train_loader(
+        self, *, device: torch.device, seed: int, rank: int = 0, world_size: int = 1
+    ) -> ResumableLoader:
+        """The training stream for this rank (``batch_size`` images per rank and step)."""
+
+    @abstractmethod
+    def eval_batches(
+        self, *, split: str, device: torch.device, rank: int = 0, world_size: int = 1,
+        limit: int | None = None,
+    ) -> Iterator[Batch]:
+        """One pass over ``split`` without augmentation, sharded across ranks.
+
+        ``limit`` caps the number of examples over all ranks (None: the whole split).
+        """
+
+    def fixed_batch(self, n: int, device: torch.device) -> Batch:
+        """The first ``n`` examples of the eval split: conditions and inputs for sample grids."""
+        images: list[Batch] = []
+        count = 0
+        for batch in self.eval_batches(split=self.eval_split, device=device, limit=n):
+            images.append(batch)
+            count += batch["image"].shape[0]
+            if count >= n:
+                break
+        return {k: torch.cat([b[k] for b in images])[:n] for k in images[0]}
+
+    @property
+    def eval_split(self) -> str:
+        """The held-out split used for evaluation during training."""
+        return "test"

@@ -1,0 +1,77 @@
+"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard, sample PNGs, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from gentrain.models.base import Grid
+
+
+class RunLog:
+    """Writes into the run directory; every method is a no-op off the main process."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, enabled: bool = True) -> None:
+        self.run_dir, self.enabled = run_dir, enabled
+        self.samples_dir = run_dir / "samples"
+        self._writer = None
+        if enabled:
+            self.samples_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self._writer is not None:
+            for key, value in values.items():
+                self._writer.add_scalar(key, value, step)
+
+    def grid(self, step: int, name: str, grid: Grid) -> Path | None:
+        """Save ``grid`` as ``samples/<name>_<step>.png`` and to TensorBoard."""
+        if not self.enabled:
+            return None
+        image = make_grid(to_unit(grid.images), nrow=grid.nrow, padding=2)
+        path = self.samples_dir / f"{name}_{step:08d}.png"
+        save_image(image, path)
+        if self._writer is not None:
+            self._writer.add_image(name, image, step)
+        return path
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.run_dir / "summary.json")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images from [-1, 1] to [0, 1] on the CPU, ready for PNG."""
+    return ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] with 1, 3 or K one-hot channels as 3-channel images for display."""
+    channels = images.shape[1]
+    if channels == 3:
+        return images
+    if channels == 1:
+        return images.expand(-1, 3, -1, -1)
+    # One-hot label maps: colour each class with a fixed palette.
+    palette = torch.rand(channels, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    classes = images.argmax(1)
+    return palette.to(images.device)[classes].permute(0, 3, 1, 2)

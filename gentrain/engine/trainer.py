@@ -1,0 +1,390 @@
+"""The one training loop: every family plugs in through ``phases``, ``loss`` and ``sample``.
+
+The trainer owns the device, autocast and one GradScaler per phase, gradient accumulation
+(DDP syncs only on the last micro-batch), clipping, EMA, LR schedules, step accounting,
+logging, sample/eval/checkpoint cadences, stop signals and the non-finite guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+import gentrain
+from gentrain.data.base import DataModule
+from gentrain.data.batch import Batch
+from gentrain.data.seeding import derive_seed, generator_for
+from gentrain.engine import checkpoint as ckpt
+from gentrain.engine.config import TrainerConfig
+from gentrain.engine.device import autocast_factory
+from gentrain.engine.distributed import DistEnv, all_reduce_sum, any_rank, gather_to_all
+from gentrain.engine.ema import EMA
+from gentrain.engine.evaluation import evaluate_model
+from gentrain.engine.run_log import RunLog
+from gentrain.engine.schedule import lr_multiplier
+from gentrain.engine.signals import StopRequest
+from gentrain.errors import GentrainError
+from gentrain.models.base import GenerativeModel, Phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FamilyTraining:
+    """A family's training defaults from its model config: optimizers, LR schedule, EMA."""
+
+    optim: dict[str, Any]
+    schedule: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, Any] = field(default_factory=dict)
+
+
+class _LossForward(nn.Module):
+    """Routes ``forward`` to ``model.loss`` so DDP and torch.compile see the family's loss."""
+
+    def __init__(self, model: GenerativeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, phase: str) -> dict[str, Tensor]:
+        return self.model.loss(batch, phase)
+
+
+class _PhaseState:
+    """One phase's optimizer, LR schedule, GradScaler and parameters."""
+
+    def __init__(
+        self, phase: Phase, model: GenerativeModel, optim: Any, schedule: dict[str, Any],
+        max_steps: int, device: torch.device, fp16: bool,
+    ) -> None:
+        self.phase = phase
+        self.params = [p for p in model.phase_parameters(phase.name) if p.requires_grad]
+        self.optimizer: torch.optim.Optimizer = instantiate(optim)(self.params)
+        # Every phase steps once per training step per repeat; schedules count training steps.
+        factor = lr_multiplier(max_steps=max_steps * phase.repeats, **schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` into ``run_dir`` according to ``config``."""
+
+    def __init__(
+        self, *, model: GenerativeModel, data: DataModule, config: TrainerConfig,
+        family: FamilyTraining, run_dir: Path, seed: int, config_yaml: str, dist: DistEnv,
+        device: torch.device, tensorboard: bool = True,
+    ) -> None:
+        self.cfg, self.data, self.run_dir, self.seed = config, data, run_dir, seed
+        self.config_yaml, self.dist, self.device = config_yaml, dist, device
+        self.model = model.to(device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        missing = [p.name for p in model.phases if p.name not in family.optim]
+        if missing:
+            raise GentrainError(
+                f"model.optim has no optimizer for phase(s) {', '.join(missing)} of "
+                f"{model.family}. Add model.optim.<phase> entries (see configs/model/)."
+            )
+        self.phases = [
+            _PhaseState(p, model, family.optim[p.name], family.schedule, config.max_steps,
+                        device, fp16=config.precision == "16")
+            for p in model.phases
+        ]
+        ema_decay = family.ema.get("decay")
+        self.ema = EMA(model, ema_decay, family.ema.get("warmup", True)) if ema_decay else None
+        self.autocast = autocast_factory(device, config.precision)
+        self.forward: nn.Module = _LossForward(self.model)
+        if dist.enabled:
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=len(self.phases) > 1,
+            )
+        if config.compile:
+            self.forward = torch.compile(self.forward)
+        self.loader = data.train_loader(
+            device=device, seed=seed, rank=dist.rank, world_size=dist.world_size
+        )
+        self.images_per_batch = data.batch_size * config.grad_accum * dist.world_size
+        self.step = 0
+        self.images_seen = 0
+        self.train_time = 0.0
+        self.best: dict[str, Any] | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self._sums: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+        self._nonfinite_streak = 0
+        self.final_grids: dict[str, str] = {}
+        self.fixed_batch = data.fixed_batch(config.num_samples, device)
+        self.log = RunLog(run_dir, tensorboard=tensorboard, enabled=dist.is_main)
+        self.ckpt_dir = run_dir / "checkpoints"
+        torch.manual_seed(derive_seed(seed, "train", dist.rank))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def sampling_model(self) -> GenerativeModel:
+        """EMA weights when EMA is on: samples and evaluation use them."""
+        return self.ema.model if self.ema is not None else self.model  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = gather_to_all(ckpt.capture_rng())  # collective: every rank calls state_dict
+        return {
+            "format": ckpt.FORMAT,
+            "version": gentrain.__version__,
+            "family": self.model.family,
+            "data_spec": dataclasses.asdict(self.data.spec),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizers": {s.phase.name: s.optimizer.state_dict() for s in self.phases},
+            "schedulers": {s.phase.name: s.scheduler.state_dict() for s in self.phases},
+            "scalers": {s.phase.name: s.scaler.state_dict() for s in self.phases},
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "train_time": self.train_time,
+            "data": self.loader.state_dict(),
+            "world_size": self.dist.world_size,
+            "rng": rng,
+            "best": self.best,
+            "config": self.config_yaml,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` stopped: weights, optimizers, data order, RNG."""
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            for s in self.phases:
+                s.optimizer.load_state_dict(state["optimizers"][s.phase.name])
+                s.scheduler.load_state_dict(state["schedulers"][s.phase.name])
+                s.scaler.load_state_dict(state["scalers"][s.phase.name])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise GentrainError(
+                "The checkpoint does not fit the model built from this config "
+                f"({str(e).splitlines()[0][:300]}). Resume with the model settings the run "
+                "was started with (they are in the checkpoint's run dir, .hydra/config.yaml)."
+            ) from None
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        self.train_time = float(state.get("train_time", 0.0))
+        self.best = state.get("best")
+        self.loader.load_state_dict(state["data"])
+        rng = state["rng"]
+        if state.get("world_size") == self.dist.world_size and len(rng) == self.dist.world_size:
+            ckpt.restore_rng(rng[self.dist.rank])
+        else:
+            log.warning("World size changed since the checkpoint; data order and RNG streams "
+                        "continue from fresh seeds, so this resume is not bitwise exact.")
+            torch.manual_seed(derive_seed(self.seed, "resume", self.step, self.dist.rank))
+
+    def save(self, *, periodic: bool = False, best: bool = False) -> None:
+        """Write last.pt (and a periodic or best copy); refuses to save non-finite weights."""
+        state = self.state_dict()
+        if not self.dist.is_main:
+            return
+        weights = [*self.model.parameters(), *(self.ema.model.parameters() if self.ema else [])]
+        if not bool(torch.stack([torch.isfinite(p).all() for p in weights]).all()):
+            raise GentrainError(
+                f"Non-finite weights at step {self.step}; not overwriting the last good "
+                "checkpoint. Lower the learning rate or enable trainer.clip_grad."
+            )
+        ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
+        if periodic:
+            ckpt.atomic_save(state, self.ckpt_dir / ckpt.periodic_name(self.step))
+            ckpt.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
+        if best:
+            ckpt.atomic_save(state, self.ckpt_dir / ckpt.BEST)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps`` or until a stop signal; returns the summary."""
+        cfg = self.cfg
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+            disable=not (cfg.progress and self.dist.is_main), desc=self.model.family,
+        )
+        status, stop_signal = "completed", None
+        self._mark = (time.perf_counter(), self.images_seen)
+        with StopRequest() as stop:
+            while self.step < cfg.max_steps:
+                started = time.perf_counter()
+                for state in self.phases:
+                    for _ in range(state.phase.repeats):
+                        self._optimizer_step(state)
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                bar.update(1)
+                self._cadences(bar)
+                self.train_time += time.perf_counter() - started
+                if any_rank(stop.requested, self.device):
+                    status, stop_signal = "stopped", stop.signal_name or "SIGTERM"
+                    break
+        bar.close()
+        self.save(periodic=status == "completed" and self.step % cfg.ckpt_every != 0)
+        if status == "completed":
+            self._final_outputs()
+        summary = {**self._summary(status), "stop_signal": stop_signal}
+        self.log.summary(summary)
+        self.log.close()
+        return summary
+
+    def _optimizer_step(self, state: _PhaseState) -> None:
+        name, accum = state.phase.name, self.cfg.grad_accum
+        state.optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum):
+            batch = self._next_batch()
+            final = micro == accum - 1
+            no_sync = getattr(self.forward, "no_sync", None)
+            sync = contextlib.nullcontext() if final or no_sync is None else no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.forward(batch, name)
+                state.scaler.scale(out["loss"] / accum).backward()
+            self._accumulate(name, out)
+        self.images_seen += self.images_per_batch
+        state.scaler.unscale_(state.optimizer)
+        max_norm = self.cfg.clip_grad if self.cfg.clip_grad is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, max_norm)
+        self._accumulate(name, {"grad_norm": grad_norm})
+        if state.scaler.is_enabled():
+            state.scaler.step(state.optimizer)  # skips non-finite steps itself
+            state.scaler.update()
+        # The one host read per optimizer step: a non-finite update must never be applied
+        # (GradScaler makes the same read for fp16).
+        elif bool(torch.isfinite(grad_norm)):
+            state.optimizer.step()
+            self._nonfinite_streak = 0
+        else:
+            self._skip_nonfinite(name)
+        state.scheduler.step()
+
+    def _skip_nonfinite(self, phase: str) -> None:
+        self._nonfinite_streak += 1
+        log.warning("Non-finite loss or gradient in phase %s at step %d; update skipped.",
+                    phase, self.step)
+        if self._nonfinite_streak >= self.cfg.max_nonfinite:
+            raise GentrainError(
+                f"Training diverged: {self._nonfinite_streak} non-finite updates in a row at "
+                f"step {self.step}. The last good checkpoint is {self.ckpt_dir / ckpt.LAST}. "
+                "Lower the learning rate, set trainer.clip_grad, or use trainer.precision=32."
+            )
+
+    def _next_batch(self) -> Batch:
+        batch = next(self.loader)
+        if self.cfg.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                     for k, v in batch.items()}
+        return batch
+
+    def _accumulate(self, phase: str, out: dict[str, Tensor]) -> None:
+        """Add detached metrics on the device; they are read only at log time."""
+        for key, value in out.items():
+            name = f"{phase}/{key}"
+            value = value.detach().float()
+            self._sums[name] = self._sums[name] + value if name in self._sums else value
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    # ------------------------------------------------------------------ cadences
+    def _cadences(self, bar: tqdm) -> None:
+        cfg, step = self.cfg, self.step
+        if step % cfg.log_every == 0:
+            self._log_metrics(bar)
+        if step % cfg.sample_every == 0:
+            self._write_visuals()
+        is_eval_step = cfg.eval_every is not None and step % cfg.eval_every == 0
+        improved = self._evaluate_and_track() if is_eval_step else False
+        if step % cfg.ckpt_every == 0 or improved:
+            self.save(periodic=step % cfg.ckpt_every == 0, best=improved)
+
+    def _log_metrics(self, bar: tqdm) -> None:
+        names = sorted(self._sums)
+        if not names:
+            return
+        means = torch.stack([self._sums[n] / self._counts[n] for n in names])
+        means = all_reduce_sum(means) / self.dist.world_size
+        values = dict(zip(names, means.tolist(), strict=True))  # the one sync per log
+        now = time.perf_counter()
+        elapsed, images = now - self._mark[0], self.images_seen - self._mark[1]
+        self._mark = (now, self.images_seen)
+        values["perf/images_per_sec"] = images / max(elapsed, 1e-9)
+        values["perf/images_seen"] = float(self.images_seen)
+        for s in self.phases:
+            values[f"lr/{s.phase.name}"] = s.optimizer.param_groups[0]["lr"]
+        self.last_metrics = values
+        self.log.scalars(self.step, values)
+        self._sums.clear()
+        self._counts.clear()
+        main_loss = f"{self.phases[-1].phase.name}/loss"
+        bar.set_postfix(loss=f"{values.get(main_loss, float('nan')):.4g}",
+                        img_s=f"{values['perf/images_per_sec']:.0f}", refresh=False)
+        if not math.isfinite(values.get(main_loss, 0.0)):
+            log.warning("Mean loss since the last log is not finite at step %d.", self.step)
+
+    def _write_visuals(self) -> dict[str, str]:
+        if not self.dist.is_main:
+            return {}
+        model = self.sampling_model
+        was_training = model.training
+        model.eval()
+        generator = generator_for(self.device, self.seed, "samples")
+        grids = model.visuals(self.fixed_batch, generator)
+        model.train(was_training)
+        written = {name: self.log.grid(self.step, name, grid) for name, grid in grids.items()}
+        return {name: str(path) for name, path in written.items() if path is not None}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_model(
+            self.sampling_model, self.data, split=self.data.eval_split, device=self.device,
+            limit=self.cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+
+    def _evaluate_and_track(self) -> bool:
+        """Evaluate, log, and say whether the family's monitored metric improved."""
+        self.last_eval = self.evaluate()
+        self.log.scalars(self.step, self.last_eval)
+        monitor = self.model.monitor
+        value = self.last_eval.get(f"eval/{monitor}") if monitor else None
+        if value is None or (self.best is not None and value >= self.best["value"]):
+            return False
+        self.best = {"metric": f"eval/{monitor}", "value": value, "step": self.step}
+        return True
+
+    def _final_outputs(self) -> None:
+        improved = self._evaluate_and_track()
+        if improved:
+            self.save(best=True)
+        self.final_grids = self._write_visuals()
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "family": self.model.family,
+            "data": self.data.spec.name,
+            "steps": self.step,
+            "step_unit": f"optimizer steps of phase '{self.phases[-1].phase.name}'",
+            "images_seen": self.images_seen,
+            "wall_time_s": round(self.train_time, 3),
+            "device": str(self.device),
+            "device_name": (torch.cuda.get_device_name(self.device)
+                            if self.device.type == "cuda" else self.device.type),
+            "world_size": self.dist.world_size,
+            "precision": self.cfg.precision,
+            "final_metrics": self.last_metrics,
+            "eval": self.last_eval,
+            "best": self.best,
+            "samples": self.final_grids,
+            "checkpoint": str(self.ckpt_dir / ckpt.LAST),
+            "gentrain_version": gentrain.__version__,
+            "torch_version": torch.__version__,
+        }

@@ -1,0 +1,101 @@
+"""The protocol every model family implements; the trainer owns everything else.
+
+A family is one module with one subclass of :class:`GenerativeModel`. It says which parameter
+groups it trains (``phases``), computes named losses (``loss``) and draws samples (``sample``).
+It never steps an optimizer, moves data or writes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gentrain.data.batch import Batch, DataSpec
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One parameter group with its own optimizer.
+
+    ``repeats`` is the update ratio: the phase steps that many times (each on a fresh batch)
+    per training step, e.g. five critic steps per generator step in WGAN-GP. The training step
+    count is the number of times the *last* phase (the generator or main phase) has stepped.
+    """
+
+    name: str
+    repeats: int = 1
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Images in [-1, 1] to show as one grid, ``nrow`` images per row."""
+
+    images: Tensor
+    nrow: int
+
+
+class GenerativeModel(nn.Module):
+    """Base class of the model families.
+
+    Subclasses take the :class:`DataSpec` as their first constructor argument and the family's
+    hyperparameters as keyword arguments (from ``configs/model/<family>.yaml``).
+    """
+
+    family: str = "base"
+    #: ``evaluate`` key whose lowest value marks ``best.pt`` (None: no best checkpoint).
+    monitor: str | None = None
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__()
+        self.check_data(spec)
+        self.spec = spec
+
+    @classmethod
+    def check_data(cls, spec: DataSpec) -> None:
+        """Raise :class:`GentrainError` if this family cannot train on data like ``spec``."""
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The phases in the order they run within one training step."""
+        return (Phase("main"),)
+
+    def phase_parameters(self, phase: str) -> Iterable[nn.Parameter]:
+        """The parameters that ``phase``'s optimizer updates."""
+        if phase != "main":
+            raise KeyError(phase)
+        return self.parameters()
+
+    def loss(self, batch: Batch, phase: str) -> dict[str, Tensor]:
+        """Scalar tensors for ``phase``: ``loss`` is minimised, every other key is logged."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, cond: Batch | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` images in [-1, 1]; ``cond`` holds ``label`` or ``source`` when conditional."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-example metrics of shape (B,) on held-out data (empty if the family has none).
+
+        The trainer averages them over the split and over ranks.
+        """
+        return {}
+
+    @torch.no_grad()
+    def visuals(self, batch: Batch, generator: torch.Generator) -> dict[str, Grid]:
+        """Named grids to save during training; ``batch`` is a fixed held-out batch.
+
+        The default draws one sample per example of ``batch``, conditioned like it.
+        """
+        n = batch["image"].shape[0]
+        return {"samples": Grid(self.sample(n, self.condition(batch), generator), nrow=8)}
+
+    def condition(self, batch: Batch) -> Batch | None:
+        """The part of ``batch`` this model conditions on (None for unconditional models)."""
+        return None

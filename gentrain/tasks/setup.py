@@ -1,0 +1,49 @@
+"""What every task does first: join torchrun's group, pick the device, seed, build objects."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gentrain.data.batch import spec_from_dict
+from gentrain.engine import checkpoint as ckpt
+from gentrain.engine.config import TrainerConfig
+from gentrain.engine.device import configure_backends, resolve_device
+from gentrain.engine.distributed import DistEnv, init_distributed, launched_by_torchrun
+from gentrain.models import build_model
+from gentrain.models.base import GenerativeModel
+
+
+@dataclass(frozen=True)
+class Runtime:
+    dist: DistEnv
+    device: torch.device
+    trainer: TrainerConfig
+
+
+def start_runtime(cfg: DictConfig) -> Runtime:
+    """Validate ``cfg.trainer``, choose the device, join the process group, set switches."""
+    trainer = TrainerConfig.from_cfg(cfg.trainer)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched_by_torchrun() else 0
+    device = resolve_device(trainer.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = init_distributed(device.type)
+    configure_backends(device, tf32=trainer.tf32, deterministic=trainer.deterministic)
+    return Runtime(dist=dist, device=device, trainer=trainer)
+
+
+def model_from_checkpoint(
+    path: str, *, use_ema: bool, device: torch.device
+) -> tuple[GenerativeModel, dict[str, Any], DictConfig]:
+    """The model a checkpoint holds (EMA weights when asked and present), its state, config."""
+    state = ckpt.load_checkpoint(path)
+    config = OmegaConf.create(state["config"])
+    model = build_model(config.model, spec_from_dict(state["data_spec"]))
+    has_ema = use_ema and state.get("ema") is not None
+    model.load_state_dict(state["ema"]["model"] if has_ema else state["model"])
+    return model.to(device).eval(), state, config

@@ -1,0 +1,51 @@
+"""task=train: build data, model and trainer from the config, resume if asked, train."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gentrain.data import build_data
+from gentrain.data.seeding import derive_seed
+from gentrain.engine import checkpoint as ckpt
+from gentrain.engine.trainer import FamilyTraining, Trainer
+from gentrain.models import build_model
+from gentrain.tasks.setup import start_runtime
+
+log = logging.getLogger(__name__)
+
+
+def resume_source(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: ``auto`` finds this run dir's last.pt, if any."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / ckpt.LAST
+        return last if last.is_file() else None
+    return ckpt.resolve_checkpoint(resume)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    runtime = start_runtime(cfg)
+    data = build_data(cfg.data)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # identical initial weights on all ranks
+    model = build_model(cfg.model, data.spec)
+    family = FamilyTraining(
+        optim=OmegaConf.to_container(cfg.model.optim, resolve=True),  # type: ignore[arg-type]
+        schedule=OmegaConf.to_container(cfg.model.get("schedule", {}), resolve=True),  # type: ignore[arg-type]
+        ema=OmegaConf.to_container(cfg.model.get("ema", {}), resolve=True),  # type: ignore[arg-type]
+    )
+    trainer = Trainer(
+        model=model, data=data, config=runtime.trainer, family=family, run_dir=run_dir,
+        seed=cfg.seed, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), dist=runtime.dist,
+        device=runtime.device, tensorboard=cfg.logger.tensorboard,
+    )
+    source = resume_source(cfg.resume, run_dir)
+    if source is not None:
+        trainer.load_state_dict(ckpt.load_checkpoint(source, family=model.family))
+        log.info("Resumed from %s at step %d.", source, trainer.step)
+    return trainer.fit()
