@@ -1,0 +1,61 @@
+"""Shared helpers: compose the real config tree and run tasks in-process on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+import gentrain.cli  # noqa: F401  (registers the gentrain_stamp resolver)
+from gentrain.cli import run
+
+# Tiny and fast: every test trains a few steps of a small model on a small dataset.
+FAST = [
+    "trainer.device=cpu",
+    "trainer.progress=false",
+    "trainer.eval_limit=32",
+    "trainer.num_samples=16",
+    "data.batch_size=8",
+    "data.num_train=256",
+    "data.num_test=64",
+    "data.resolution=16",
+    "model.base_channels=8",
+    "model.latent_dim=4",
+    "model.iw_samples=4",
+    "logger=none",
+]
+
+torch.set_num_threads(2)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def run_task(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Compose ``FAST + overrides`` and run its task in ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run(compose_config([*FAST, *overrides]), run_dir)
+
+
+def gentrain_cli(args: list[str], cwd: Path, timeout: float = 300,
+                 **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gentrain ARGS`` in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "gentrain", *args], cwd=cwd, env=env, text=True,
+        capture_output=True, timeout=timeout, **kwargs,
+    )
+
+
+@pytest.fixture
+def fast_overrides() -> list[str]:
+    return list(FAST)
