@@ -23,7 +23,8 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"process ended early:\n{proc.stdout.read() if proc.stdout else ''}")
+            output = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process ended early:\n{output}")
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("timed out waiting")
