@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}),"
-          f" torch {torch.__version__}, threads {torch.get_num_threads()}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {device} ({name}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
     if args.loaders:
         for name, overrides in loader_rows(args.batch_size):
             rate = loader_images_per_sec([f"trainer.device={args.device}", *overrides], 50)
@@ -122,7 +123,8 @@ def loader_rows(batch_size: int) -> list[tuple[str, list[str]]]:
     """Loaders that run anywhere: the embedded dataset in its common shapes."""
     return [
         ("shapes 32x32 rgb", ["data=shapes", f"data.batch_size={batch_size}"]),
-        ("shapes 64x64 rgb", ["data=shapes", "data.resolution=64", f"data.batch_size={batch_size}"]),
+        ("shapes 64x64 rgb",
+         ["data=shapes", "data.resolution=64", f"data.batch_size={batch_size}"]),
     ]
 
 
