@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,15 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if not _accepts(allowed, value):
+                names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+                raise GentrainError(
+                    f"trainer.{f.name}={value!r} has the wrong type; it takes {names}."
+                )
         if self.precision not in PRECISIONS:
             raise GentrainError(
                 f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}. "
@@ -47,6 +57,13 @@ class TrainerConfig:
                     "num_samples", "max_nonfinite"):
             if getattr(self, key) < 1:
                 raise GentrainError(f"trainer.{key} must be at least 1, not {getattr(self, key)}.")
+        for key in ("eval_every", "eval_limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise GentrainError(
+                    f"trainer.{key} must be at least 1 or null, not {getattr(self, key)}."
+                )
+        if self.keep_last < 0:
+            raise GentrainError(f"trainer.keep_last must be 0 or more, not {self.keep_last}.")
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> TrainerConfig:
@@ -60,3 +77,12 @@ class TrainerConfig:
             )
         values["precision"] = str(values.get("precision", "32"))
         return cls(**values)
+
+
+def _accepts(types: tuple[type, ...], value: object) -> bool:
+    """Whether ``value`` fits one of ``types`` (an int fits a float; a bool fits only bool)."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gentrain.errors import require
+
 
 class EMA:
     """Shadow weights ``θ̄ ← d·θ̄ + (1 − d)·θ`` after every optimizer step.
@@ -18,8 +20,11 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        require(
+            isinstance(decay, float) and 0.0 < decay < 1.0,
+            f"model.ema.decay={decay!r} must be a number between 0 and 1 (e.g. 0.999), or null "
+            "to train without EMA.",
+        )
         self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0

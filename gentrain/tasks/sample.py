@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 
 from gentrain.engine.device import resolve_device
 from gentrain.engine.run_log import RunLog, to_unit
-from gentrain.errors import GentrainError
+from gentrain.errors import GentrainError, require
 from gentrain.models.base import Grid
 from gentrain.tasks.setup import model_from_checkpoint
 
@@ -25,6 +25,8 @@ def sample(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "task=sample needs a checkpoint: add ckpt=<run dir or .pt file>, e.g. "
             "ckpt=outputs/vae-shapes/<date>/checkpoints/last.pt."
         )
+    require(cfg.sample.num >= 1 and cfg.sample.nrow >= 1,
+            f"sample.num ({cfg.sample.num}) and sample.nrow ({cfg.sample.nrow}) must be >= 1.")
     device = resolve_device(cfg.trainer.device)
     model, state, _ = model_from_checkpoint(cfg.ckpt, use_ema=cfg.sample.ema, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.sample.seed)
