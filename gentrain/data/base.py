@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterator, Mapping
+from typing import Protocol, TypeVar
 
 import torch
 
 from gentrain.data.batch import Batch, DataSpec
+from gentrain.errors import GentrainError
+
+T = TypeVar("T")
+
+
+def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    """Full batches per rank and epoch (the last incomplete batch is dropped)."""
+    count = n // world_size // batch_size
+    if count == 0:
+        raise GentrainError(
+            f"The training split has {n} examples, fewer than one batch of {batch_size} per "
+            f"rank on {world_size} rank(s). Lower data.batch_size or use more data."
+        )
+    return count
+
+
+def pick_split(splits: Mapping[str, T], name: str, dataset: str) -> T:
+    """``splits[name]``, or an error that lists the splits ``dataset`` has."""
+    if name not in splits:
+        raise GentrainError(
+            f"Dataset '{dataset}' has no split '{name}'; it has {sorted(splits)}. Pick one of "
+            "those."
+        )
+    return splits[name]
 
 
 class ResumableLoader(Protocol):

@@ -8,11 +8,15 @@ trains anywhere without a download. Exact per-pixel label maps make it a labelsâ
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gentrain.data.batch import DataSpec
+from gentrain.data.pairs import pair_tensor_module, parse_pair
+from gentrain.data.roots import cache_dir, resolve_root
 from gentrain.data.seeding import derive_seed
 from gentrain.data.tensor_data import TensorDataModule, TensorSplit
 from gentrain.data.transforms import random_hflip
@@ -79,10 +83,16 @@ def render_shapes(n: int, resolution: int, channels: int, seed: int) -> TensorSp
 def shapes(
     *, batch_size: int, resolution: int = 32, channels: int = 3, num_train: int = 20000,
     num_test: int = 1000, seed: int = 0, hflip: bool = True,
+    pair: str | dict[str, Any] | None = None,
 ) -> TensorDataModule:
-    """The shapes dataset as a :class:`TensorDataModule` (train and test splits)."""
+    """The shapes dataset as a :class:`TensorDataModule` (train and test splits).
+
+    ``pair`` makes it an image-to-image task (see pairs.py); ``labels`` uses the exact label
+    maps; an edge cache goes under the default data root.
+    """
     require(channels in (1, 3), f"data.channels must be 1 or 3 for shapes, not {channels}.")
     require(resolution >= 8, f"data.resolution must be at least 8 for shapes, not {resolution}.")
+    task = parse_pair(pair)
     spec = DataSpec(
         name="shapes", channels=channels, height=resolution, width=resolution,
         label_kind="class", num_classes=len(SHAPE_NAMES), class_names=SHAPE_NAMES,
@@ -92,7 +102,8 @@ def shapes(
         "train": render_shapes(num_train, resolution, channels, derive_seed(seed, "train")),
         "test": render_shapes(num_test, resolution, channels, derive_seed(seed, "test")),
     }
-    return TensorDataModule(
+    module = TensorDataModule(
         spec=spec, splits=splits, batch_size=batch_size,
         train_transforms=[random_hflip] if hflip else [],
     )
+    return pair_tensor_module(task, module, cache_dir(resolve_root(None)))

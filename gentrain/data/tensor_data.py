@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gentrain.data.base import DataModule
+from gentrain.data.base import DataModule, batches_per_epoch, pick_split
 from gentrain.data.batch import Batch, DataSpec
 from gentrain.data.seeding import epoch_permutation, generator_for
 from gentrain.data.transforms import BatchTransform, compose
-from gentrain.errors import GentrainError
 
 
 @dataclass
@@ -65,13 +64,7 @@ class DeviceBatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = device
         self.transform = transform
-        self.batches_per_epoch = len(split) // world_size // batch_size
-        if self.batches_per_epoch == 0:
-            raise GentrainError(
-                f"The training split has {len(split)} examples, fewer than one batch of "
-                f"{batch_size} per rank on {world_size} rank(s). Lower data.batch_size or use "
-                "more data."
-            )
+        self.batches_per_epoch = batches_per_epoch(len(split), batch_size, world_size)
         self.epoch, self.index = 0, 0
         self._order: tuple[int, Tensor] | None = None
 
@@ -116,12 +109,7 @@ class TensorDataModule(DataModule):
     eval_transforms: list[BatchTransform] = field(default_factory=list)
 
     def split(self, name: str) -> TensorSplit:
-        if name not in self.splits:
-            raise GentrainError(
-                f"Dataset '{self.spec.name}' has no split '{name}'; it has "
-                f"{sorted(self.splits)}. Pick one of those."
-            )
-        return self.splits[name]
+        return pick_split(self.splits, name, self.spec.name)
 
     def train_loader(
         self, *, device: torch.device, seed: int, rank: int = 0, world_size: int = 1

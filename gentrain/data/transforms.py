@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from gentrain.data.batch import Batch
 
@@ -50,3 +51,47 @@ def dynamic_binarize(batch: Batch, generator: torch.Generator) -> Batch:
     probability = (image + 1) / 2
     noise = torch.rand(image.shape, generator=generator, device=image.device)
     return {**batch, "image": torch.where(noise < probability, 1.0, -1.0).to(image.dtype)}
+
+
+def _crop(value: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-example ``size``×``size`` crops of (B, C, H, W) or (B, H, W) at (top, left)."""
+    steps = torch.arange(size, device=value.device)
+    rows = (top[:, None] + steps)[:, :, None]
+    cols = (left[:, None] + steps)[:, None, :]
+    batch = torch.arange(value.shape[0], device=value.device)[:, None, None]
+    if value.dim() == 3:
+        return value[batch, rows, cols]
+    return value.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def pix2pix_jitter(load_size: int, crop_size: int) -> BatchTransform:
+    """pix2pix's random jitter: resize to ``load_size`` (bicubic; label maps nearest), then one
+    random ``crop_size`` crop per example, the same for every spatial key of that example."""
+
+    def apply(batch: Batch, generator: torch.Generator) -> Batch:
+        image = batch["image"]
+        n, device = image.shape[0], image.device
+        top = torch.randint(load_size - crop_size + 1, (n,), generator=generator, device=device)
+        left = torch.randint(load_size - crop_size + 1, (n,), generator=generator, device=device)
+        out = dict(batch)
+        size = (load_size, load_size)
+        for key in SPATIAL_KEYS:
+            if key not in batch:
+                continue
+            value = batch[key]
+            if key == "label_map":
+                big = F.interpolate(value[:, None].float(), size=size, mode="nearest")
+                resized = big[:, 0].to(value.dtype)
+            else:
+                resized = F.interpolate(value, size=size, mode="bicubic", align_corners=False)
+                resized = resized.clamp(-1, 1)
+            out[key] = _crop(resized, top, left, crop_size)
+        return out
+
+    return apply
+
+
+def augmentation(resolution: int, load_size: int | None, hflip: bool) -> list[BatchTransform]:
+    """Training augmentation: pix2pix jitter when ``load_size`` is set, then flips."""
+    jitter = [pix2pix_jitter(load_size, resolution)] if load_size is not None else []
+    return [*jitter, random_hflip] if hflip else jitter
