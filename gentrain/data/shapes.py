@@ -45,19 +45,25 @@ def _shape_mask(kind: int, dx: Tensor, dy: Tensor) -> Tensor:
     return (radius_sq >= 0.55**2) & (radius_sq <= 1.0)
 
 
+def _hsv_to_rgb(hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
+    """(n,) HSV components in [0, 1] to (n, 3) RGB in [0, 1]."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6
+    ramp = torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    return value[:, None] * (1 - saturation[:, None] * ramp)
+
+
 def render_shapes(n: int, resolution: int, channels: int, seed: int) -> TensorSplit:
     """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_NAMES), (n,), generator=g)
     size = 0.18 + 0.17 * torch.rand(n, generator=g)
     centre = size[:, None] + (1 - 2 * size[:, None]) * torch.rand(n, 2, generator=g)
-    # Foreground and background differ in brightness by at least 0.4 so every shape is visible.
-    hue_fg, hue_bg = torch.rand(n, 3, generator=g), torch.rand(n, 3, generator=g)
-    light = 0.6 + 0.4 * torch.rand(n, 1, generator=g)
-    dark = 0.25 * torch.rand(n, 1, generator=g)
-    fg_is_light = torch.rand(n, 1, generator=g) < 0.5
-    fg = torch.where(fg_is_light, light, dark) * (0.5 + 0.5 * hue_fg)
-    bg = torch.where(fg_is_light, dark, light) * (0.5 + 0.5 * hue_bg)
+    # A vivid shape on a dark, muted background: brightness differs by at least 0.45, so
+    # every shape is visible (also in grey), and colour stays a few smooth factors to learn.
+    fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g),
+                     0.75 + 0.25 * torch.rand(n, generator=g))
+    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.5 * torch.rand(n, generator=g),
+                     0.05 + 0.25 * torch.rand(n, generator=g))
     if channels == 1:
         fg, bg = fg.mean(1, keepdim=True), bg.mean(1, keepdim=True)
 
