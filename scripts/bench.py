@@ -3,6 +3,10 @@
     python scripts/bench.py                      # vae on shapes, trainer vs bare loop
     python scripts/bench.py --family vae --steps 200 --batch-size 128 --device cuda
     python scripts/bench.py --loaders            # images/s of each data loader
+    python scripts/bench.py --loaders --data-root ~/data   # ... reading the real files there
+
+Loader rows read fixture-format files written to a temp dir (every real on-disk format, a few
+hundred images each) unless --data-root names the real datasets' data.root.
 
 Trainer row: images/s the Trainer itself logs (``perf/images_per_sec``), so every cost of the
 real loop is counted: phases, accumulation, clipping, EMA, metric accumulation, logging.
@@ -13,10 +17,12 @@ The ratio between them is the trainer's overhead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,6 +34,7 @@ from gentrain.cli import run
 from gentrain.data import build_data
 from gentrain.data.seeding import derive_seed
 from gentrain.engine.device import resolve_device
+from gentrain.errors import GentrainError
 from gentrain.models import build_model
 
 
@@ -73,17 +80,31 @@ def bare_images_per_sec(overrides: list[str], steps: int, warmup: int) -> float:
     return steps * data.batch_size / (time.perf_counter() - start)
 
 
-def loader_images_per_sec(data_overrides: list[str], batches: int) -> float:
+def loader_images_per_sec(data_overrides: list[str], batches: int,
+                          max_seconds: float = 5.0) -> tuple[float, float, str]:
+    """Steady-state images/s of the training loader (one warm-up batch first, then up to
+    ``batches`` batches or ``max_seconds``); also the setup seconds and the worker count."""
     cfg = compose_config(data_overrides)
     device = resolve_device(cfg.trainer.device)
-    loader = build_data(cfg.data).train_loader(device=device, seed=0)
-    next(loader)
-    start = time.perf_counter()
-    for _ in range(batches):
-        batch = next(loader)
+    started = time.perf_counter()
+    data = build_data(cfg.data)
+    if cfg.data.name == "edges2cats":  # derive and cache every edge drawing first
+        for _ in data.eval_batches(split="train", device=device):
+            pass
+    loader = data.train_loader(device=device, seed=0)
+    next(loader)  # starts the workers
+    setup = time.perf_counter() - started
+    images, start = 0, time.perf_counter()
+    for done in range(1, batches + 1):
+        images += next(loader)["image"].shape[0]
+        if done >= 3 and time.perf_counter() - start > max_seconds:
+            break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batches * batch["image"].shape[0] / (time.perf_counter() - start)
+    rate = images / (time.perf_counter() - start)
+    workers = cfg.data.get("num_workers")
+    del loader  # shuts its workers down before the next row starts its own
+    return rate, setup, "-" if workers is None else str(workers)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--loaders", action="store_true", help="benchmark data loaders instead")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="--loaders: read the real datasets under this data.root (folder: "
+                        "PATH/folder) instead of writing fixture-format files to a temp dir")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="--loaders: data.num_workers of the file loaders (default: config)")
+    parser.add_argument("--batches", type=int, default=50,
+                        help="--loaders: batches per loader (fewer if --seconds run out)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="--loaders: at most this long measuring each loader")
     parser.add_argument("override", nargs="*", help="extra config overrides (key=value)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -104,9 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     if args.loaders:
-        for name, overrides in loader_rows(args.batch_size):
-            rate = loader_images_per_sec([f"trainer.device={args.device}", *overrides], 50)
-            print(f"loader {name:<24} {rate:10.0f} images/s")
+        bench_loaders(args)
         return
     overrides = [f"model={args.family}", f"data={args.data}", f"trainer.device={args.device}",
                  f"data.batch_size={args.batch_size}", *args.override]
@@ -119,13 +147,113 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  trainer/bare = {trainer / bare:.3f} (overhead {100 * (1 - trainer / bare):+.1f}%)")
 
 
-def loader_rows(batch_size: int) -> list[tuple[str, list[str]]]:
-    """Loaders that run anywhere: the embedded dataset in its common shapes."""
+def bench_loaders(args: argparse.Namespace) -> None:
+    """One row per loader: steady-state images/s of its training stream on this machine."""
+    with contextlib.ExitStack() as stack:
+        if args.data_root is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gentrain-")))
+            started = time.perf_counter()
+            checksums = write_fixture_sets(root)
+            stack.enter_context(fixture_checksums(checksums))
+            print(f"data: fixture-format files in {root} "
+                  f"(written in {time.perf_counter() - started:.1f} s)")
+        else:
+            root = args.data_root.expanduser().resolve()
+            print(f"data: real files under {root}")
+        print(f"batch {args.batch_size}, up to {args.batches} batches or {args.seconds:g} s "
+              "per loader; workers '-': an in-memory tensor loader (no workers)")
+        print(f"{'loader':<34} {'workers':>7} {'images/s':>10} {'setup s':>8}")
+        for name, overrides in loader_rows(args.batch_size, root, args.workers):
+            try:
+                rate, setup, workers = loader_images_per_sec(
+                    [f"trainer.device={args.device}", *overrides], args.batches, args.seconds)
+            except GentrainError as error:
+                print(f"{name:<34} skipped: {str(error).split('. ')[0][:120]}")
+                continue
+            print(f"{name:<34} {workers:>7} {rate:10.0f} {setup:8.1f}", flush=True)
+
+
+def loader_rows(batch_size: int, root: Path,
+                workers: int | None = None) -> list[tuple[str, list[str]]]:
+    """The embedded dataset in its common shapes, then every real loader reading ``root``
+    with its config's own resolution and augmentation (``workers`` overrides file loaders')."""
+    files = [f"data.root={root}", f"data.batch_size={batch_size}"]
+    if workers is not None:
+        files.append(f"data.num_workers={workers}")
     return [
         ("shapes 32x32 rgb", ["data=shapes", f"data.batch_size={batch_size}"]),
         ("shapes 64x64 rgb",
          ["data=shapes", "data.resolution=64", f"data.batch_size={batch_size}"]),
+        ("mnist 28x28 gray", ["data=mnist", "data.download=false", files[0], files[1]]),
+        ("mnist 28x28 dynamic binarised",
+         ["data=mnist", "data.download=false", "data.binarize=dynamic", files[0], files[1]]),
+        ("cifar10 32x32 rgb flip", ["data=cifar10", "data.download=false", files[0], files[1]]),
+        ("celeba 64x64 jpeg crop148 flip", ["data=celeba", "data.download=false", *files]),
+        ("facades 256 pix2pix jitter286", ["data=facades", "data.download=false", *files]),
+        ("edges2cats 256 jitter286 +edges", ["data=edges2cats", *files]),
+        ("folder 64x64 jpeg 3 classes", ["data=folder", f"data.path={root / 'folder'}", *files]),
     ]
+
+
+# Fixture-format files: enough small examples in each real on-disk format to measure.
+FIXTURE_SIZES = {"mnist": 1000, "cifar10_per_batch": 200, "celeba": 300, "facades": 200,
+                 "cats": 200, "folder_per_class": 100}
+
+
+def write_fixture_sets(root: Path) -> dict[str, dict[str, str]]:
+    """Write every loader's files under ``root`` with the test suite's exact-format builders
+    (tests/data_fixtures.py; it imports pytest, a dev extra); returns the MD5s torchvision
+    must expect for CIFAR-10 and CelebA."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        import data_fixtures as fx
+    except ImportError as error:
+        raise SystemExit(f"--loaders without --data-root writes fixture-format files with "
+                         f"tests/data_fixtures.py, which needs the dev extras "
+                         f"(pip install -e '.[dev]'): {error}") from None
+    n = FIXTURE_SIZES
+    fx.write_mnist(root, gz=False, n_train=n["mnist"], n_test=n["mnist"] // 10)
+    cifar = fx.write_cifar10(root, per_batch=n["cifar10_per_batch"])
+    partition = (0,) * (n["celeba"] - 20) + (1,) * 10 + (2,) * 10
+    celeba = fx.write_celeba(root, partition=partition)
+    fx.write_pix2pix_tarball(root / "pix2pix" / "facades.tar.gz", size=256,
+                             counts={"train": n["facades"], "val": 10, "test": 10})
+    # Photos of a realistic size (the test builders write tiny ones) for edges2cats and folder.
+    photos = root / "edges2cats" / "photos"
+    photos.mkdir(parents=True)
+    for i in range(n["cats"]):
+        fx.photo(i, (400, 300)).save(photos / f"cat_{i:04d}.jpg", quality=90)
+    for c, name in enumerate(("cats", "dogs", "owls")):
+        (root / "folder" / name).mkdir(parents=True)
+        for i in range(n["folder_per_class"]):
+            fx.photo(c * 1000 + i, (320, 240)).save(root / "folder" / name / f"{i:04d}.jpg",
+                                                     quality=90)
+    return {"cifar10": cifar["md5"], "celeba": celeba["md5"]}
+
+
+@contextlib.contextmanager
+def fixture_checksums(checksums: dict[str, dict[str, str]]) -> Iterator[None]:
+    """Make torchvision's CIFAR10 and CelebA expect the fixture files' MD5s (what the tests'
+    patch_cifar_checksums / patch_celeba_checksums do, without pytest's monkeypatch)."""
+    from torchvision.datasets import CIFAR10, CelebA
+
+    cifar, celeba = checksums["cifar10"], checksums["celeba"]
+    patches = [
+        (CIFAR10, "train_list", [[f"data_batch_{i}", cifar[f"data_batch_{i}"]]
+                                 for i in range(1, 6)]),
+        (CIFAR10, "test_list", [["test_batch", cifar["test_batch"]]]),
+        (CIFAR10, "meta", {**CIFAR10.meta, "md5": cifar["batches.meta"]}),
+        (CelebA, "file_list", [(file_id, celeba.get(name, md5), name)
+                               for file_id, md5, name in CelebA.file_list]),
+    ]
+    saved = [(cls, attr, cls.__dict__[attr]) for cls, attr, _ in patches]
+    try:
+        for cls, attr, value in patches:
+            setattr(cls, attr, value)
+        yield
+    finally:
+        for cls, attr, value in saved:
+            setattr(cls, attr, value)
 
 
 if __name__ == "__main__":
