@@ -90,3 +90,12 @@ class DataModule(ABC):
     def eval_split(self) -> str:
         """The held-out split used for evaluation during training."""
         return "test"
+
+
+def eval_index_batches(
+    size: int, batch_size: int, *, limit: int | None, rank: int, world_size: int
+) -> list[list[int]]:
+    """This rank's index batches for one eval pass over the first ``limit`` of ``size``."""
+    n = size if limit is None else min(limit, size)
+    indices = list(range(rank, n, world_size))
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gentrain.data.base import DataModule, batches_per_epoch, pick_split
+from gentrain.data.base import DataModule, batches_per_epoch, eval_index_batches, pick_split
 from gentrain.data.batch import Batch, DataSpec
 from gentrain.data.edge_cache import FileEdgeCache
 from gentrain.data.seeding import epoch_permutation, generator_for
@@ -156,10 +156,9 @@ class FileDataModule(DataModule):
         limit: int | None = None,
     ) -> Iterator[Batch]:
         data = self.split(split)
-        n = len(data) if limit is None else min(limit, len(data))
-        indices = list(range(rank, n, world_size))
-        step = self.batch_size
-        batches = [indices[i : i + step] for i in range(0, len(indices), step)]
+        batches = eval_index_batches(
+            len(data), self.batch_size, limit=limit, rank=rank, world_size=world_size
+        )
         loader = DataLoader(
             data, batch_sampler=batches, num_workers=min(self.num_workers, len(batches)),
             pin_memory=device.type == "cuda",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gentrain.data.base import DataModule, batches_per_epoch, pick_split
+from gentrain.data.base import DataModule, batches_per_epoch, eval_index_batches, pick_split
 from gentrain.data.batch import Batch, DataSpec
 from gentrain.data.seeding import epoch_permutation, generator_for
 from gentrain.data.transforms import BatchTransform, compose
@@ -125,12 +125,12 @@ class TensorDataModule(DataModule):
         limit: int | None = None,
     ) -> Iterator[Batch]:
         data = self.split(split)
-        n = len(data) if limit is None else min(limit, len(data))
-        indices = torch.arange(rank, n, world_size)
+        batches = eval_index_batches(
+            len(data), self.batch_size, limit=limit, rank=rank, world_size=world_size
+        )
         transform = compose([*self.eval_transforms, *self.transforms])
-        for i, start in enumerate(range(0, len(indices), self.batch_size)):
-            index = indices[start : start + self.batch_size]
+        for i, index in enumerate(batches):
             # Eval randomness (e.g. dynamic binarisation) is fixed so metrics are comparable.
             generator = generator_for(device, "eval", split, i, rank)
-            batch = {k: v.to(device) for k, v in data.batch(index).items()}
+            batch = {k: v.to(device) for k, v in data.batch(torch.tensor(index)).items()}
             yield transform(batch, generator)
