@@ -52,8 +52,23 @@ def _tasks() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
     return {"train": train, "sample": sample, "eval": evaluate, "preview": preview}
 
 
+# Top-level keys of configs/train.yaml and its groups; experiment and recipe files merge into
+# these, so a typo in one of them (e.g. `seeed: 1`) is caught here instead of being ignored.
+TOP_LEVEL_KEYS = frozenset(
+    {"task", "seed", "resume", "ckpt", "run_name", "sample", "eval",
+     "model", "data", "trainer", "logger"}
+)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run ``cfg.task`` in ``run_dir`` (the Hydra job's output directory)."""
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise GentrainError(
+            f"Unknown top-level config key(s): {', '.join(unknown)}. gentrain reads "
+            f"{', '.join(sorted(TOP_LEVEL_KEYS))}; check the spelling in your experiment or "
+            "recipe file."
+        )
     tasks = _tasks()
     if cfg.task not in tasks:
         raise GentrainError(

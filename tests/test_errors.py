@@ -218,3 +218,8 @@ def test_cli_bad_checkpoint_file(tmp_path: Path, trained: Path) -> None:
     shutil.copy(trained / "checkpoints" / "last.pt", other)
     other.write_bytes(other.read_bytes()[:100])
     gentrain_error(tmp_path, ["task=eval", f"ckpt={other}"], NOT_A_CHECKPOINT, str(other))
+
+
+def test_unknown_top_level_key_from_a_config_file_is_an_error(tmp_path: Path) -> None:
+    # `+seeed=1` is how a typo in an experiment file (a _global_ package) reaches the config.
+    user_error(tmp_path, ["+seeed=1"], "seeed", "top-level")
