@@ -84,6 +84,8 @@ BAD_VALUES = [
     (["trainer.keep_last=-1"], ["trainer.keep_last"]),
     (["trainer.max_steps=abc"], ["trainer.max_steps", "wrong type", "int"]),
     (["model.ema.decay=1.5"], ["model.ema.decay"]),
+    (["+model.schedule.warmup_step=5"], ["model.schedule.warmup_step", "warmup_steps"]),
+    (["+model.ema.decy=0.9"], ["model.ema.decy", "decay"]),
 ]
 BAD_VALUE_IDS = [" ".join(v[0]) for v in BAD_VALUES]
 

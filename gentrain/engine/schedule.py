@@ -8,6 +8,7 @@ from collections.abc import Callable
 from gentrain.errors import GentrainError
 
 DECAYS = ("constant", "cosine", "linear")
+SCHEDULE_KEYS = frozenset({"warmup_steps", "decay", "min_lr_ratio", "decay_start"})
 
 
 def lr_multiplier(

@@ -33,7 +33,7 @@ from gentrain.engine.distributed import DistEnv, all_reduce_sum, any_rank, gathe
 from gentrain.engine.ema import EMA
 from gentrain.engine.evaluation import evaluate_model
 from gentrain.engine.run_log import RunLog
-from gentrain.engine.schedule import lr_multiplier
+from gentrain.engine.schedule import SCHEDULE_KEYS, lr_multiplier
 from gentrain.engine.signals import StopRequest
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel, Phase
@@ -48,6 +48,16 @@ class FamilyTraining:
     optim: dict[str, Any]
     schedule: dict[str, Any] = field(default_factory=dict)
     ema: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        allowed = {"schedule": SCHEDULE_KEYS, "ema": {"decay", "warmup"}}
+        for group, keys in allowed.items():
+            unknown = sorted(set(getattr(self, group)) - keys)
+            if unknown:
+                raise GentrainError(
+                    f"Unknown key(s) {', '.join(f'model.{group}.{k}' for k in unknown)}; "
+                    f"model.{group} takes {', '.join(sorted(keys))}."
+                )
 
 
 class _LossForward(nn.Module):
