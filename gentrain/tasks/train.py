@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gentrain.data import build_data
+from gentrain.data import DataModule, build_data
 from gentrain.data.seeding import derive_seed
 from gentrain.engine import checkpoint as ckpt
+from gentrain.engine.distributed import DistEnv, barrier
 from gentrain.engine.trainer import FamilyTraining, Trainer
 from gentrain.models import build_model
 from gentrain.tasks.setup import start_runtime
@@ -29,9 +30,22 @@ def resume_source(resume: str | None, run_dir: Path) -> Path | None:
     return ckpt.resolve_checkpoint(resume)
 
 
+def build_data_rank0_first(cfg: DictConfig, dist: DistEnv) -> DataModule:
+    """Rank 0 downloads, extracts and caches first; the other ranks then read its files."""
+    if not dist.enabled:
+        return build_data(cfg)
+    if dist.is_main:
+        try:
+            return build_data(cfg)
+        finally:
+            barrier()  # also on failure, so the others fail with the same message, not a hang
+    barrier()
+    return build_data(cfg)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     runtime = start_runtime(cfg)
-    data = build_data(cfg.data)
+    data = build_data_rank0_first(cfg.data, runtime.dist)
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # identical initial weights on all ranks
     model = build_model(cfg.model, data.spec)
     family = FamilyTraining(
