@@ -59,13 +59,13 @@ def render_shapes(n: int, resolution: int, channels: int, seed: int) -> TensorSp
     size = 0.18 + 0.17 * torch.rand(n, generator=g)
     centre = size[:, None] + (1 - 2 * size[:, None]) * torch.rand(n, 2, generator=g)
     # A vivid shape on a dark, muted background: brightness differs by at least 0.45, so
-    # every shape is visible (also in grey), and colour stays a few smooth factors to learn.
-    fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g),
-                     0.75 + 0.25 * torch.rand(n, generator=g))
-    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.5 * torch.rand(n, generator=g),
-                     0.05 + 0.25 * torch.rand(n, generator=g))
-    if channels == 1:
-        fg, bg = fg.mean(1, keepdim=True), bg.mean(1, keepdim=True)
+    # every shape is visible, in colour and in grey, and colour stays a few smooth factors to learn.
+    fg_value = 0.75 + 0.25 * torch.rand(n, generator=g)
+    bg_value = 0.05 + 0.25 * torch.rand(n, generator=g)
+    fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g), fg_value)
+    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.5 * torch.rand(n, generator=g), bg_value)
+    if channels == 1:  # grey images show the value (brightness) of the same colours
+        fg, bg = fg_value[:, None], bg_value[:, None]
 
     side = resolution * SUPERSAMPLE
     grid = (torch.arange(side) + 0.5) / side
