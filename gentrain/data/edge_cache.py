@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from gentrain.data.edges import EdgeSettings, edge_drawing
 
@@ -50,7 +51,8 @@ def split_edges(images: Tensor, settings: EdgeSettings, cache_dir: Path, tag: st
     path = cache_dir / f"edges-{tag}-{settings_key(settings, digest.hexdigest())}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    edges = torch.cat([edge_drawing(chunk, settings) for chunk in images.split(CHUNK)])
+    chunks = tqdm(images.split(CHUNK), desc=f"edges {tag}", unit="chunk", leave=False)
+    edges = torch.cat([edge_drawing(chunk, settings) for chunk in chunks])
     atomic_write(path, lambda tmp: torch.save(edges, tmp))
     return edges
 

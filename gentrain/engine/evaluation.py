@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from gentrain.data.base import DataModule
 from gentrain.engine.distributed import all_reduce_sum
@@ -13,16 +14,18 @@ from gentrain.models.base import GenerativeModel
 @torch.no_grad()
 def evaluate_model(
     model: GenerativeModel, data: DataModule, *, split: str, device: torch.device,
-    limit: int | None = None, rank: int = 0, world_size: int = 1,
+    limit: int | None = None, rank: int = 0, world_size: int = 1, progress: bool = False,
 ) -> dict[str, float]:
     """Mean of ``model.evaluate`` per example, keyed ``eval/<metric>`` (empty if none)."""
     was_training = model.training
     model.eval()
     sums: dict[str, Tensor] = {}
     count = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in data.eval_batches(
+    batches = data.eval_batches(
         split=split, device=device, rank=rank, world_size=world_size, limit=limit
-    ):
+    )
+    for batch in tqdm(batches, desc=f"eval {split}", unit="batch", leave=False,
+                      disable=not progress):
         for key, value in model.evaluate(batch).items():
             total = value.double().sum()
             sums[key] = sums[key] + total if key in sums else total

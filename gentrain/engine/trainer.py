@@ -357,6 +357,7 @@ class Trainer:
         return evaluate_model(
             self.sampling_model, self.data, split=self.data.eval_split, device=self.device,
             limit=self.cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size,
+            progress=self.cfg.progress and self.dist.is_main,
         )
 
     def _evaluate_and_track(self) -> bool:

@@ -28,7 +28,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model, state, trained = model_from_checkpoint(cfg.ckpt, use_ema=True, device=device)
     data = build_data(trained.data)  # the data the model was trained on
     metrics = evaluate_model(model, data, split=cfg.eval.split, device=device,
-                             limit=cfg.eval.limit)
+                             limit=cfg.eval.limit, progress=True)
     if not metrics:
         raise GentrainError(f"The {model.family} family has no evaluation metrics.")
     result = {"checkpoint": str(cfg.ckpt), "step": int(state["step"]),
