@@ -26,7 +26,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
     device = resolve_device(cfg.trainer.device)
     model, state, trained = model_from_checkpoint(cfg.ckpt, use_ema=True, device=device)
-    data = build_data(trained.data)  # the data the model was trained on
+    # The data the model was trained on; naming the same dataset on the command line (e.g.
+    # `data=mnist data.root=/new/place`) takes the command line's settings instead.
+    data = build_data(cfg.data if cfg.data.name == trained.data.name else trained.data)
     metrics = evaluate_model(model, data, split=cfg.eval.split, device=device,
                              limit=cfg.eval.limit, progress=True)
     if not metrics:
