@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.transforms import BatchTransform, compose
 from gentrain.errors import GentrainError
 
 T = TypeVar("T")
@@ -90,6 +92,32 @@ class DataModule(ABC):
     def eval_split(self) -> str:
         """The held-out split used for evaluation during training."""
         return "test"
+
+
+@dataclass
+class SplitDataModule(DataModule):
+    """A :class:`DataModule` over named splits with on-device batch transforms.
+
+    ``train_transforms`` augment training batches, ``eval_transforms`` run on eval batches
+    only, ``transforms`` on every batch (e.g. binarisation, pair construction). Subclasses say
+    how a split is streamed (tensors on the device, or files through DataLoader workers).
+    """
+
+    spec: DataSpec
+    splits: dict[str, Any]
+    batch_size: int
+    transforms: list[BatchTransform] = field(default_factory=list)
+    train_transforms: list[BatchTransform] = field(default_factory=list)
+    eval_transforms: list[BatchTransform] = field(default_factory=list)
+
+    def split(self, name: str) -> Any:
+        return pick_split(self.splits, name, self.spec.name)
+
+    def train_transform(self) -> BatchTransform:
+        return compose([*self.train_transforms, *self.transforms])
+
+    def eval_transform(self) -> BatchTransform:
+        return compose([*self.eval_transforms, *self.transforms])
 
 
 def eval_index_batches(

@@ -10,18 +10,18 @@ run replays exactly the batches of an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gentrain.data.base import DataModule, batches_per_epoch, eval_index_batches, pick_split
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.base import SplitDataModule, batches_per_epoch, eval_index_batches
+from gentrain.data.batch import Batch
 from gentrain.data.edge_cache import FileEdgeCache
 from gentrain.data.seeding import epoch_permutation, generator_for
-from gentrain.data.transforms import BatchTransform, compose
+from gentrain.data.transforms import BatchTransform
 
 Prepare = Callable[[Path], dict[str, Tensor]]
 
@@ -122,32 +122,22 @@ class FileBatchLoader:
 
 
 @dataclass
-class FileDataModule(DataModule):
-    """A :class:`DataModule` over file datasets; transforms as in ``TensorDataModule``
-    (``train_transforms`` augment training batches, ``transforms`` run on every batch)."""
+class FileDataModule(SplitDataModule):
+    """Splits of :class:`FileDataset` read by DataLoader workers."""
 
-    spec: DataSpec
-    splits: dict[str, FileDataset]
-    batch_size: int
     num_workers: int = 2
     held_out: str = "test"  # the split evaluated during training
-    transforms: list[BatchTransform] = field(default_factory=list)
-    train_transforms: list[BatchTransform] = field(default_factory=list)
-    eval_transforms: list[BatchTransform] = field(default_factory=list)
 
     @property
     def eval_split(self) -> str:
         return self.held_out
-
-    def split(self, name: str) -> FileDataset:
-        return pick_split(self.splits, name, self.spec.name)
 
     def train_loader(
         self, *, device: torch.device, seed: int, rank: int = 0, world_size: int = 1
     ) -> FileBatchLoader:
         return FileBatchLoader(
             self.split("train"), batch_size=self.batch_size, seed=seed, device=device,
-            transform=compose([*self.train_transforms, *self.transforms]),
+            transform=self.train_transform(),
             num_workers=self.num_workers, rank=rank, world_size=world_size,
         )
 
@@ -163,7 +153,7 @@ class FileDataModule(DataModule):
             data, batch_sampler=batches, num_workers=min(self.num_workers, len(batches)),
             pin_memory=device.type == "cuda",
         )
-        transform = compose([*self.eval_transforms, *self.transforms])
+        transform = self.eval_transform()
         for i, raw in enumerate(loader):
             # Eval randomness (e.g. inpainting holes) is fixed so metrics are comparable.
             generator = generator_for(device, "eval", split, i, rank)

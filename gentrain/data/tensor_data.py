@@ -7,15 +7,15 @@ and augmenting whole batches there removes per-sample Python from the training l
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from gentrain.data.base import DataModule, batches_per_epoch, eval_index_batches, pick_split
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.base import SplitDataModule, batches_per_epoch, eval_index_batches
+from gentrain.data.batch import Batch
 from gentrain.data.seeding import epoch_permutation, generator_for
-from gentrain.data.transforms import BatchTransform, compose
+from gentrain.data.transforms import BatchTransform
 
 
 @dataclass
@@ -93,30 +93,15 @@ class DeviceBatchLoader:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-@dataclass
-class TensorDataModule(DataModule):
-    """A :class:`DataModule` over in-memory splits with on-device batch transforms.
-
-    ``train_transforms`` run on training batches only (augmentation); ``transforms`` run on
-    every batch (e.g. binarisation, pair construction).
-    """
-
-    spec: DataSpec
-    splits: dict[str, TensorSplit]
-    batch_size: int
-    transforms: list[BatchTransform] = field(default_factory=list)
-    train_transforms: list[BatchTransform] = field(default_factory=list)
-    eval_transforms: list[BatchTransform] = field(default_factory=list)
-
-    def split(self, name: str) -> TensorSplit:
-        return pick_split(self.splits, name, self.spec.name)
+class TensorDataModule(SplitDataModule):
+    """Splits of :class:`TensorSplit` held on the training device."""
 
     def train_loader(
         self, *, device: torch.device, seed: int, rank: int = 0, world_size: int = 1
     ) -> DeviceBatchLoader:
         return DeviceBatchLoader(
             self.split("train"), batch_size=self.batch_size, seed=seed, device=device,
-            transform=compose([*self.train_transforms, *self.transforms]),
+            transform=self.train_transform(),
             rank=rank, world_size=world_size,
         )
 
@@ -128,7 +113,7 @@ class TensorDataModule(DataModule):
         batches = eval_index_batches(
             len(data), self.batch_size, limit=limit, rank=rank, world_size=world_size
         )
-        transform = compose([*self.eval_transforms, *self.transforms])
+        transform = self.eval_transform()
         for i, index in enumerate(batches):
             # Eval randomness (e.g. dynamic binarisation) is fixed so metrics are comparable.
             generator = generator_for(device, "eval", split, i, rank)
