@@ -395,6 +395,18 @@ def test_eval_task_writes_metrics(vae_run: tuple[Path, dict[str, Any]], tmp_path
         assert math.isfinite(result["metrics"][key])
 
 
+def test_eval_task_takes_command_line_settings_of_the_same_dataset(
+    vae_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    run_dir, _ = vae_run
+    common = ["task=eval", f"ckpt={run_dir}", "eval.limit=8"]
+    same = run_task(tmp_path / "same", common)["metrics"]
+    again = run_task(tmp_path / "again", common)["metrics"]
+    other = run_task(tmp_path / "other", [*common, "data.seed=7"])["metrics"]  # other images
+    assert same == again  # evaluation is reproducible
+    assert other["eval/bits_per_dim"] != same["eval/bits_per_dim"]
+
+
 def test_preview_task_writes_a_grid_of_real_data(tmp_path: Path) -> None:
     result = run_task(tmp_path, ["task=preview"])
     previews = list((tmp_path / "samples").glob("preview_*.png"))
