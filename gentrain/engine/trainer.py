@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,11 @@ class Trainer:
             self._nonfinite_streak = 0
         else:
             self._skip_nonfinite(name)
-        state.scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule counts training steps, also those the GradScaler or the guard
+            # skipped; torch warns about that order, which is intended here.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            state.scheduler.step()
 
     def _skip_nonfinite(self, phase: str) -> None:
         self._nonfinite_streak += 1
