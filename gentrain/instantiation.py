@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from gentrain.errors import GentrainError
 
@@ -40,3 +41,25 @@ def call_with_config_errors(build: Callable[[], T], group: str, cfg: DictConfig)
             f"Could not build '{group}' from {target}: {cause or error}. Check the values in "
             f"the {group} config and its overrides."
         ) from None
+
+
+def build_from_config(
+    cfg: DictConfig, group: str, expected: type[T], *args: Any, skip: tuple[str, ...] = (),
+    hint: str = "",
+) -> T:
+    """Instantiate a ``group`` config (minus the non-argument keys ``skip``) as ``expected``.
+
+    ``args`` go first to the target, e.g. the :class:`DataSpec` of a model.
+    """
+    kwargs: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    for key in skip:
+        kwargs.pop(key, None)
+    built = call_with_config_errors(
+        lambda: instantiate(kwargs, *args, _convert_="all"), group, cfg
+    )
+    if not isinstance(built, expected):
+        raise GentrainError(
+            f"{group}._target_ ({cfg.get('_target_')}) built a {type(built).__name__}, not a "
+            f"{expected.__name__}. {hint}"
+        )
+    return built

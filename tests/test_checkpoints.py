@@ -17,8 +17,10 @@ from torch import nn
 
 import gentrain
 from gentrain.engine import checkpoint as ckpt
+from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.ema import EMA
 from gentrain.engine.schedule import lr_multiplier
+from gentrain.engine.trainer import Trainer
 from gentrain.errors import GentrainError
 
 RETENTION = [
@@ -266,3 +268,28 @@ def test_trainer_applies_the_schedule(run_dir: Path) -> None:
     assert f(6) == 0.5 and f(1) == 1.0
     for step in range(1, 7):
         assert math.isclose(logged[step], 0.01 * f(step), rel_tol=1e-6), (step, logged)
+
+
+def test_eval_cadence_keeps_best_and_the_end_repeats_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[str] = []
+    original = ckpt.atomic_save
+    monkeypatch.setattr(ckpt, "atomic_save",
+                        lambda state, path: (writes.append(path.name), original(state, path)))
+    evals: list[int] = []
+    original_eval = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate",
+                        lambda self: (evals.append(self.step), original_eval(self))[1])
+    result = run_task(tmp_path, ["trainer.max_steps=4", "trainer.eval_every=2",
+                                 "trainer.ckpt_every=4", "trainer.sample_every=4"])
+    assert evals == [2, 4]  # the final evaluation is the one of step 4, not a second one
+    eval_rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().split("\n")
+                 if "eval/nll_elbo_nats" in line]
+    best = min(eval_rows, key=lambda row: row["eval/nll_elbo_nats"])
+    assert result["best"] == {"metric": "eval/nll_elbo_nats",
+                              "value": best["eval/nll_elbo_nats"], "step": best["step"]}
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == best["step"]
+    assert writes.count("last.pt") == 2  # once per step that saved (2 for best, 4), never twice
+    assert writes.count("step-00000004.pt") == 1
+    assert len(list((tmp_path / "samples").glob("samples_00000004.png"))) == 1

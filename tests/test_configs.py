@@ -28,6 +28,7 @@ from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.config import TrainerConfig
 from gentrain.errors import GentrainError
 from gentrain.models import build_model
+from gentrain.tasks.setup import model_from_checkpoint
 
 CONFIGS = importlib.resources.files("gentrain.configs")
 
@@ -413,3 +414,32 @@ def test_preview_task_writes_a_grid_of_real_data(tmp_path: Path) -> None:
     assert previews and Path(result["grid"]) == previews[0]
     png_size(previews[0])
     assert not (tmp_path / "checkpoints").exists(), "preview must not train"
+
+
+def test_run_name_sets_the_run_dir_so_resume_auto_finds_it() -> None:
+    with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["run_name=my-vae"],
+                      return_hydra_config=True)
+    assert cfg.hydra.run.dir == "outputs/my-vae"
+    with initialize_config_module(config_module="gentrain.configs", version_base="1.3"):
+        default = compose(config_name="train", return_hydra_config=True)
+    assert re.fullmatch(r"outputs/vae-shapes/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d",
+                        default.hydra.run.dir)
+
+
+def test_sampling_uses_ema_weights_when_the_checkpoint_has_them(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_task(run_dir, [*TINY, "model.ema.decay=0.5"])
+    state = load_checkpoint(run_dir)
+    cpu = torch.device("cpu")
+    ema_model, _, _ = model_from_checkpoint(str(run_dir), use_ema=True, device=cpu)
+    raw_model, _, _ = model_from_checkpoint(str(run_dir), use_ema=False, device=cpu)
+    for key, value in ema_model.state_dict().items():
+        assert torch.equal(value, state["ema"]["model"][key])
+        assert torch.equal(raw_model.state_dict()[key], state["model"][key])
+    assert any(not torch.equal(state["ema"]["model"][k], state["model"][k]) for k in state["model"])
+    grids = {}
+    for ema in ("true", "false"):
+        result = run_task(tmp_path / ema, ["task=sample", f"ckpt={run_dir}", f"sample.ema={ema}"])
+        grids[ema] = Path(result["grid"]).read_bytes()
+    assert grids["true"] != grids["false"]

@@ -86,6 +86,7 @@ BAD_VALUES = [
     (["model.ema.decay=1.5"], ["model.ema.decay"]),
     (["+model.schedule.warmup_step=5"], ["model.schedule.warmup_step", "warmup_steps"]),
     (["+model.ema.decy=0.9"], ["model.ema.decy", "decay"]),
+    (["model._target_=torch.nn.Identity"], ["model._target_", "not a GenerativeModel"]),
 ]
 BAD_VALUE_IDS = [" ".join(v[0]) for v in BAD_VALUES]
 

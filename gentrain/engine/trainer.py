@@ -116,11 +116,13 @@ class Trainer:
         self.ema = EMA(model, ema_decay, family.ema.get("warmup", True)) if ema_decay else None
         self.autocast = autocast_factory(device, config.precision)
         self.forward: nn.Module = _LossForward(self.model)
+        self._no_sync: Any = None  # DDP's context that skips the gradient all-reduce
         if dist.enabled:
             self.forward = DistributedDataParallel(
                 self.forward, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=len(self.phases) > 1,
             )
+            self._no_sync = self.forward.no_sync
         if config.compile:
             self.forward = torch.compile(self.forward)
         self.loader = data.train_loader(
@@ -136,7 +138,10 @@ class Trainer:
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
         self._nonfinite_streak = 0
-        self.final_grids: dict[str, str] = {}
+        self.latest_grids: dict[str, str] = {}
+        # Step at which each output was last produced, so the end of training never repeats
+        # an evaluation, a grid or a checkpoint write the cadences already did at that step.
+        self._done_at: dict[str, int] = {}
         self.fixed_batch = data.fixed_batch(config.num_samples, device)
         self.log = RunLog(run_dir, tensorboard=tensorboard, enabled=dist.is_main)
         self.ckpt_dir = run_dir / "checkpoints"
@@ -194,13 +199,23 @@ class Trainer:
         if state.get("world_size") == self.dist.world_size and len(rng) == self.dist.world_size:
             ckpt.restore_rng(rng[self.dist.rank])
         else:
-            log.warning("World size changed since the checkpoint; data order and RNG streams "
-                        "continue from fresh seeds, so this resume is not bitwise exact.")
+            log.warning("World size changed since the checkpoint; each rank now sees other "
+                        "shards and fresh RNG streams, so this resume is not bitwise exact.")
             torch.manual_seed(derive_seed(self.seed, "resume", self.step, self.dist.rank))
 
     def save(self, *, periodic: bool = False, best: bool = False) -> None:
-        """Write last.pt (and a periodic or best copy); refuses to save non-finite weights."""
-        state = self.state_dict()
+        """Write last.pt (and a periodic or best copy) unless already written at this step.
+
+        Refuses to save non-finite weights, so a NaN never replaces the last good checkpoint.
+        """
+        names = [ckpt.LAST]
+        names += [ckpt.periodic_name(self.step)] if periodic else []
+        names += [ckpt.BEST] if best else []
+        names = [name for name in names if self._done_at.get(name) != self.step]
+        if not names:
+            return
+        state = self.state_dict()  # collective: every rank takes the same decision above
+        self._done_at.update(dict.fromkeys(names, self.step))
         if not self.dist.is_main:
             return
         weights = [*self.model.parameters(), *(self.ema.model.parameters() if self.ema else [])]
@@ -209,12 +224,10 @@ class Trainer:
                 f"Non-finite weights at step {self.step}; not overwriting the last good "
                 "checkpoint. Lower the learning rate or enable trainer.clip_grad."
             )
-        ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
+        for name in names:
+            ckpt.atomic_save(state, self.ckpt_dir / name)
         if periodic:
-            ckpt.atomic_save(state, self.ckpt_dir / ckpt.periodic_name(self.step))
             ckpt.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
-        if best:
-            ckpt.atomic_save(state, self.ckpt_dir / ckpt.BEST)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -242,9 +255,9 @@ class Trainer:
                     status, stop_signal = "stopped", stop.signal_name or "SIGTERM"
                     break
         bar.close()
-        self.save(periodic=status == "completed" and self.step % cfg.ckpt_every != 0)
         if status == "completed":
             self._final_outputs()
+        self.save(periodic=status == "completed")
         summary = {**self._summary(status), "stop_signal": stop_signal}
         self.log.summary(summary)
         self.log.close()
@@ -256,8 +269,7 @@ class Trainer:
         for micro in range(accum):
             batch = self._next_batch()
             final = micro == accum - 1
-            no_sync = getattr(self.forward, "no_sync", None)
-            sync = contextlib.nullcontext() if final or no_sync is None else no_sync()
+            sync = contextlib.nullcontext() if final or self._no_sync is None else self._no_sync()
             with sync:
                 with self.autocast():
                     out = self.forward(batch, name)
@@ -346,9 +358,9 @@ class Trainer:
         if not math.isfinite(values.get(main_loss, 0.0)):
             log.warning("Mean loss since the last log is not finite at step %d.", self.step)
 
-    def _write_visuals(self) -> dict[str, str]:
+    def _write_visuals(self) -> None:
         if not self.dist.is_main:
-            return {}
+            return
         model = self.sampling_model
         was_training = model.training
         model.eval()
@@ -356,7 +368,8 @@ class Trainer:
         grids = model.visuals(self.fixed_batch, generator)
         model.train(was_training)
         written = {name: self.log.grid(self.step, name, grid) for name, grid in grids.items()}
-        return {name: str(path) for name, path in written.items() if path is not None}
+        self.latest_grids = {name: str(path) for name, path in written.items() if path}
+        self._done_at["visuals"] = self.step
 
     def evaluate(self) -> dict[str, float]:
         return evaluate_model(
@@ -368,6 +381,7 @@ class Trainer:
     def _evaluate_and_track(self) -> bool:
         """Evaluate, log, and say whether the family's monitored metric improved."""
         self.last_eval = self.evaluate()
+        self._done_at["eval"] = self.step
         self.log.scalars(self.step, self.last_eval)
         monitor = self.model.monitor
         value = self.last_eval.get(f"eval/{monitor}") if monitor else None
@@ -377,10 +391,10 @@ class Trainer:
         return True
 
     def _final_outputs(self) -> None:
-        improved = self._evaluate_and_track()
-        if improved:
+        if self._done_at.get("eval") != self.step and self._evaluate_and_track():
             self.save(best=True)
-        self.final_grids = self._write_visuals()
+        if self._done_at.get("visuals") != self.step:
+            self._write_visuals()
 
     def _summary(self, status: str) -> dict[str, Any]:
         return {
@@ -399,7 +413,7 @@ class Trainer:
             "final_metrics": self.last_metrics,
             "eval": self.last_eval,
             "best": self.best,
-            "samples": self.final_grids,
+            "samples": self.latest_grids,
             "checkpoint": str(self.ckpt_dir / ckpt.LAST),
             "gentrain_version": gentrain.__version__,
             "torch_version": torch.__version__,
