@@ -27,22 +27,21 @@ class DistEnv:
         return self.world_size > 1
 
 
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def init_distributed(device_type: str) -> DistEnv:
-    """Join the process group torchrun set up (NCCL on CUDA, gloo otherwise)."""
-    if not launched_by_torchrun():
+def environment() -> DistEnv:
+    """This process's place as torchrun's environment variables say (rank 0 of 1 without)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistEnv()
-    env = DistEnv(
+    return DistEnv(
         rank=int(os.environ["RANK"]),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         world_size=int(os.environ["WORLD_SIZE"]),
     )
+
+
+def init_distributed(env: DistEnv, device_type: str) -> None:
+    """Join the process group torchrun set up (NCCL on CUDA, gloo otherwise)."""
     if env.enabled and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return env
 
 
 def shutdown_distributed() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ from gentrain.data.batch import spec_from_dict
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.config import TrainerConfig
 from gentrain.engine.device import configure_backends, resolve_device
-from gentrain.engine.distributed import DistEnv, init_distributed, launched_by_torchrun
+from gentrain.engine.distributed import DistEnv, environment, init_distributed
 from gentrain.models import build_model
 from gentrain.models.base import GenerativeModel
 
@@ -28,11 +27,11 @@ class Runtime:
 def start_runtime(cfg: DictConfig) -> Runtime:
     """Validate ``cfg.trainer``, choose the device, join the process group, set switches."""
     trainer = TrainerConfig.from_cfg(cfg.trainer)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched_by_torchrun() else 0
-    device = resolve_device(trainer.device, local_rank)
+    dist = environment()
+    device = resolve_device(trainer.device, dist.local_rank)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist = init_distributed(device.type)
+        torch.cuda.set_device(device)  # before NCCL starts, so each rank owns its GPU
+    init_distributed(dist, device.type)
     configure_backends(device, tf32=trainer.tf32, deterministic=trainer.deterministic)
     return Runtime(dist=dist, device=device, trainer=trainer)
 
