@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,15 @@ def run_stamp() -> str:
 OmegaConf.register_new_resolver("gentrain_stamp", run_stamp, replace=True)
 
 
-def _tasks() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
+def _tasks(overrides: Sequence[str]) -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
+    """The tasks; those that read a checkpoint also get the command-line overrides."""
     from gentrain.tasks.evaluate import evaluate
     from gentrain.tasks.preview import preview
     from gentrain.tasks.sample import sample
     from gentrain.tasks.train import train
 
-    return {"train": train, "sample": sample, "eval": evaluate, "preview": preview}
+    return {"train": train, "sample": partial(sample, overrides=overrides),
+            "eval": partial(evaluate, overrides=overrides), "preview": preview}
 
 
 # Top-level keys of configs/train.yaml and its groups; experiment and recipe files merge into
@@ -60,8 +63,12 @@ TOP_LEVEL_KEYS = frozenset(
 )
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run ``cfg.task`` in ``run_dir`` (the Hydra job's output directory)."""
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``cfg.task`` in ``run_dir`` (the Hydra job's output directory).
+
+    ``overrides`` are the command line's (``task=sample``/``eval`` apply the model's
+    inference-time keys among them on top of the checkpoint's config).
+    """
     unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
     if unknown:
         raise GentrainError(
@@ -69,7 +76,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"{', '.join(sorted(TOP_LEVEL_KEYS))}; check the spelling in your experiment or "
             "recipe file."
         )
-    tasks = _tasks()
+    tasks = _tasks(overrides)
     if cfg.task not in tasks:
         raise GentrainError(
             f"task={cfg.task} is not a gentrain task. Use one of: {', '.join(tasks)}."
@@ -81,9 +88,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://gentrain.configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
     try:
-        result = run(cfg, run_dir)
+        result = run(cfg, run_dir, overrides=list(hydra_config.overrides.task))
     except GentrainError as error:
         print(f"gentrain: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -98,6 +106,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    from gentrain.tasks.inference import checkpoint_model_choice
+
+    # `task=sample ckpt=RUN model.sampler.steps=50`: the checkpoint names the model group.
+    sys.argv[1:] = checkpoint_model_choice(sys.argv[1:])
     _hydra_main()
 
 

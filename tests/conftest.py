@@ -17,7 +17,7 @@ import gentrain.cli  # noqa: F401  (registers the gentrain_stamp resolver)
 from gentrain.cli import run
 
 # Tiny and fast: every test trains a few steps of a small model on a small dataset.
-FAST = [
+FAST_RUN = [
     "trainer.device=cpu",
     "trainer.progress=false",
     "trainer.eval_limit=32",
@@ -26,10 +26,20 @@ FAST = [
     "data.num_train=256",
     "data.num_test=64",
     "data.resolution=16",
-    "model.base_channels=8",
-    "model.latent_dim=4",
-    "model.iw_samples=4",
     "logger=none",
+]
+FAST = [*FAST_RUN, "model.base_channels=8", "model.latent_dim=4", "model.iw_samples=4"]
+# DDPM: the tiny U-Net, a 20-step process, a 2-term estimate of the bound, 4-step DDIM grids.
+DDPM_FAST = [
+    *FAST_RUN,
+    "model=ddpm",
+    "model/net=tiny",
+    "model.timesteps=20",
+    "model.vb_timesteps=2",
+    "model.grid_sampler.steps=4",
+    "model.schedule.warmup_steps=0",
+    "model.ema.warmup=true",
+    "trainer.eval_limit=8",
 ]
 
 torch.set_num_threads(1)  # tiny models: a second thread costs more than it gives
@@ -40,10 +50,10 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
-def run_task(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Compose ``FAST + overrides`` and run its task in ``run_dir``."""
+def run_task(run_dir: Path, overrides: list[str], base: list[str] = FAST) -> dict[str, Any]:
+    """Compose ``base + overrides`` and run its task in ``run_dir`` (as the command line)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run(compose_config([*FAST, *overrides]), run_dir)
+    return run(compose_config([*base, *overrides]), run_dir, [*base, *overrides])
 
 
 def gentrain_cli(args: list[str], cwd: Path, timeout: float = 300,

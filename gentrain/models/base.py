@@ -47,6 +47,9 @@ class GenerativeModel(nn.Module):
     family: str = "base"
     #: ``evaluate`` key whose lowest value marks ``best.pt`` (None: no best checkpoint).
     monitor: str | None = None
+    #: Model config keys that change only how the family samples or evaluates, never the
+    #: network: ``task=sample`` / ``task=eval`` take them from the command line.
+    inference_keys: tuple[str, ...] = ()
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()

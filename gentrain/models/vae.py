@@ -49,6 +49,7 @@ class VAE(GenerativeModel):
 
     family = "vae"
     monitor = "nll_elbo_nats"
+    inference_keys = ("iw_samples",)
 
     def __init__(
         self,

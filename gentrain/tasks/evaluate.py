@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,16 @@ from gentrain.tasks.setup import model_from_checkpoint
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     if cfg.ckpt is None:
         raise GentrainError(
             "task=eval needs a checkpoint: add ckpt=<run dir or .pt file> (and optionally "
             "eval.split=test eval.limit=N)."
         )
     device = resolve_device(cfg.trainer.device)
-    model, state, trained = model_from_checkpoint(cfg.ckpt, use_ema=True, device=device)
+    model, state, trained = model_from_checkpoint(
+        cfg.ckpt, use_ema=True, device=device, cfg=cfg, overrides=overrides
+    )
     # The data the model was trained on; naming the same dataset on the command line (e.g.
     # `data=mnist data.root=/new/place`) takes the command line's settings instead.
     data = build_data(cfg.data if cfg.data.name == trained.data.name else trained.data)

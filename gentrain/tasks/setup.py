@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from gentrain.engine.device import configure_backends, resolve_device
 from gentrain.engine.distributed import DistEnv, environment, init_distributed
 from gentrain.models import build_model
 from gentrain.models.base import GenerativeModel
+from gentrain.tasks.inference import inference_model_config
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,20 @@ def start_runtime(cfg: DictConfig) -> Runtime:
 
 
 def model_from_checkpoint(
-    path: str, *, use_ema: bool, device: torch.device
+    path: str, *, use_ema: bool, device: torch.device, cfg: DictConfig | None = None,
+    overrides: Sequence[str] = (),
 ) -> tuple[GenerativeModel, dict[str, Any], DictConfig]:
-    """The model a checkpoint holds (EMA weights when asked and present), its state, config."""
+    """The model a checkpoint holds (EMA weights when asked and present), its state, config.
+
+    With ``cfg`` (this call's composed config) and its command-line ``overrides``, the
+    family's inference-time keys given there replace the checkpoint's.
+    """
     state = ckpt.load_checkpoint(path)
     config = OmegaConf.create(state["config"])
-    model = build_model(config.model, spec_from_dict(state["data_spec"]))
+    model_cfg = config.model
+    if cfg is not None:
+        model_cfg = inference_model_config(config.model, cfg.model, overrides, cfg.task)
+    model = build_model(model_cfg, spec_from_dict(state["data_spec"]))
     has_ema = use_ema and state.get("ema") is not None
     model.load_state_dict(state["ema"]["model"] if has_ema else state["model"])
     return model.to(device).eval(), state, config
