@@ -2,6 +2,7 @@
 
     python scripts/bench.py                      # vae on shapes, trainer vs bare loop
     python scripts/bench.py --family vae --steps 200 --batch-size 128 --device cuda
+    python scripts/bench.py --family ddpm model/net=small --batch-size 32 --sample 32
     python scripts/bench.py --loaders            # images/s of each data loader
     python scripts/bench.py --loaders --data-root ~/data   # ... reading the real files there
 
@@ -11,7 +12,9 @@ hundred images each) unless --data-root names the real datasets' data.root.
 Trainer row: images/s the Trainer itself logs (``perf/images_per_sec``), so every cost of the
 real loop is counted: phases, accumulation, clipping, EMA, metric accumulation, logging.
 Bare row: the same model, data stream and optimizer in a plain forward/backward/step loop.
-The ratio between them is the trainer's overhead.
+The ratio between them is the trainer's overhead. GFLOP/s rows multiply each rate by the
+network's forward+backward FLOPs per image, counted with torch.utils.flop_counter.
+``--sample N``: images/s of the family's sampler (``model.sampler``) drawing N at once.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import gentrain.cli  # noqa: F401  (registers resolvers)
 from gentrain.cli import run
 from gentrain.data import build_data
 from gentrain.data.seeding import derive_seed
-from gentrain.engine.device import resolve_device
+from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.errors import GentrainError
 from gentrain.models import build_model
 
@@ -59,25 +62,74 @@ def trainer_images_per_sec(overrides: list[str], steps: int, log_every: int) -> 
     return sum(measured) / len(measured)
 
 
-def bare_images_per_sec(overrides: list[str], steps: int, warmup: int) -> float:
+def bare_setup(overrides: list[str]):  # noqa: ANN201
+    """Model, loader, device and autocast as the config says, without the Trainer."""
     cfg = compose_config(overrides)
     device = resolve_device(cfg.trainer.device)
     data = build_data(cfg.data)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, data.spec).to(device)
-    optimizer = instantiate(cfg.model.optim.main)(model.parameters())
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     loader = data.train_loader(device=device, seed=cfg.seed)
+    return cfg, model, loader, device, autocast_factory(device, str(cfg.trainer.precision))
+
+
+def next_batch(loader: Iterator, channels_last: bool) -> dict[str, torch.Tensor]:
+    batch = next(loader)
+    if channels_last:
+        batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                 for k, v in batch.items()}
+    return batch
+
+
+def bare_images_per_sec(overrides: list[str], steps: int, warmup: int) -> float:
+    cfg, model, loader, device, autocast = bare_setup(overrides)
+    optimizer = instantiate(cfg.model.optim.main)(model.parameters())
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        model.loss(next(loader), "main")["loss"].backward()
+        with autocast():
+            loss = model.loss(next_batch(loader, cfg.trainer.channels_last), "main")["loss"]
+        loss.backward()
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * data.batch_size / (time.perf_counter() - start)
+    return steps * cfg.data.batch_size / (time.perf_counter() - start)
+
+
+def flops_per_image(overrides: list[str]) -> float:
+    """Forward+backward FLOPs of one training loss per image (FlopCounterMode's count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg, model, loader, _, autocast = bare_setup(overrides)
+    batch = next_batch(loader, cfg.trainer.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        with autocast():
+            loss = model.loss(batch, "main")["loss"]
+        loss.backward()
+    return counter.get_total_flops() / batch["image"].shape[0]
+
+
+def sampling_images_per_sec(overrides: list[str], count: int, repeats: int = 2) -> float:
+    """Images/s of ``model.sample(count)`` with the family's sampler (best of ``repeats``)."""
+    _, model, _, device, autocast = bare_setup(overrides)
+    model.eval()
+    best = 0.0
+    for i in range(repeats):
+        generator = torch.Generator(device=device).manual_seed(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with autocast():
+            model.sample(count, None, generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, count / (time.perf_counter() - start))
+    return best
 
 
 def loader_images_per_sec(data_overrides: list[str], batches: int,
@@ -115,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="also time drawing N images with the family's model.sampler")
     parser.add_argument("--loaders", action="store_true", help="benchmark data loaders instead")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="--loaders: read the real datasets under this data.root (folder: "
@@ -145,6 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  trainer  {trainer:10.1f} images/s")
     print(f"  bare     {bare:10.1f} images/s")
     print(f"  trainer/bare = {trainer / bare:.3f} (overhead {100 * (1 - trainer / bare):+.1f}%)")
+    flops = flops_per_image(overrides)
+    print(f"  network forward+backward: {flops / 1e9:.3f} GFLOP per image")
+    print(f"  trainer  {trainer * flops / 1e9:10.1f} GFLOP/s")
+    print(f"  bare     {bare * flops / 1e9:10.1f} GFLOP/s")
+    if args.sample:
+        rate = sampling_images_per_sec(overrides, args.sample)
+        print(f"  sampling {rate:10.2f} images/s ({args.sample} at once, model.sampler)")
 
 
 def bench_loaders(args: argparse.Namespace) -> None:
