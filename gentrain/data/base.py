@@ -110,6 +110,14 @@ class SplitDataModule(DataModule):
     train_transforms: list[BatchTransform] = field(default_factory=list)
     eval_transforms: list[BatchTransform] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise GentrainError(
+                f"data.batch_size={size!r} must be a whole number >= 1 (images per rank and "
+                "optimizer micro-step)."
+            )
+
     def split(self, name: str) -> Any:
         return pick_split(self.splits, name, self.spec.name)
 

@@ -98,6 +98,8 @@ def shapes(
     """
     require(channels in (1, 3), f"data.channels must be 1 or 3 for shapes, not {channels}.")
     require(resolution >= 8, f"data.resolution must be at least 8 for shapes, not {resolution}.")
+    require(num_train >= 1, f"data.num_train must be at least 1 for shapes, not {num_train}.")
+    require(num_test >= 1, f"data.num_test must be at least 1 for shapes, not {num_test}.")
     task = parse_pair(pair)
     spec = DataSpec(
         name="shapes", channels=channels, height=resolution, width=resolution,

@@ -62,6 +62,11 @@ class TrainerConfig:
                 raise GentrainError(
                     f"trainer.{key} must be at least 1 or null, not {getattr(self, key)}."
                 )
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise GentrainError(
+                f"trainer.clip_grad must be a positive max gradient norm (e.g. 1.0) or null for "
+                f"no clipping, not {self.clip_grad}."
+            )
         if self.keep_last < 0:
             raise GentrainError(f"trainer.keep_last must be 0 or more, not {self.keep_last}.")
 

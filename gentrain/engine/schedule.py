@@ -24,6 +24,16 @@ def lr_multiplier(
         raise GentrainError(
             f"model.schedule.decay={decay!r} is not one of {', '.join(DECAYS)}."
         )
+    _require_steps("warmup_steps", warmup_steps, "0: no warmup")
+    if decay_start is not None:
+        _require_steps("decay_start", decay_start, "null: at the end of warmup")
+    if isinstance(min_lr_ratio, bool) or not (
+        isinstance(min_lr_ratio, int | float) and 0 <= min_lr_ratio <= 1
+    ):
+        raise GentrainError(
+            f"model.schedule.min_lr_ratio={min_lr_ratio!r} must be a number from 0 to 1 (the "
+            "final LR as a fraction of the base LR)."
+        )
     start = warmup_steps if decay_start is None else max(decay_start, warmup_steps)
 
     def factor(step: int) -> float:
@@ -36,3 +46,12 @@ def lr_multiplier(
         return min_lr_ratio + (1 - min_lr_ratio) * shape
 
     return factor
+
+
+def _require_steps(key: str, value: object, meaning: str) -> None:
+    """A count of optimizer steps: a whole number >= 0 (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GentrainError(
+            f"model.schedule.{key}={value!r} must be a whole number of optimizer steps >= 0 "
+            f"({meaning})."
+        )
