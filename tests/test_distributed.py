@@ -13,11 +13,30 @@ from conftest import FAST
 
 from gentrain.engine.checkpoint import load_checkpoint
 
+# Rank 0 alone gets NaN weights after step 3's update (a fault no gradient explains).
+POISON_RANK0 = """
+import torch
+from gentrain.cli import main
+from gentrain.engine.trainer import Trainer
 
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+original = Trainer._optimizer_step
+
+def step(self, state):
+    original(self, state)
+    if self.step == 2 and self.dist.rank == 0:
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("nan"))
+
+Trainer._optimizer_step = step
+main()
+"""
+
+
+def torchrun(args: list[str], cwd: Path,
+             entry: tuple[str, ...] = ("-m", "gentrain")) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "gentrain", *FAST, *args],
+         *entry, *FAST, *args],
         cwd=cwd, text=True, capture_output=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -41,3 +60,15 @@ def test_ddp_two_processes_write_one_run_dir_and_resume(tmp_path: Path) -> None:
                         f"hydra.run.dir={runs[0]}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(runs[0])["step"] == 6
+
+
+def test_ddp_nonfinite_weights_on_one_rank_stop_every_rank(tmp_path: Path) -> None:
+    """The check before saving is collective: both ranks raise the same error, none hangs."""
+    script = tmp_path / "poisoned.py"
+    script.write_text(POISON_RANK0)
+    result = torchrun(["trainer.max_steps=8", "trainer.ckpt_every=4", "trainer.log_every=2"],
+                      cwd=tmp_path, entry=(str(script),))
+    assert result.returncode != 0
+    assert result.stderr.count("gentrain: error: Non-finite weights at step 4") == 2, (
+        result.stderr[-3000:])
+    assert not list(tmp_path.rglob("last.pt")), "a non-finite checkpoint was written"

@@ -87,6 +87,23 @@ BAD_VALUES = [
     (["+model.schedule.warmup_step=5"], ["model.schedule.warmup_step", "warmup_steps"]),
     (["+model.ema.decy=0.9"], ["model.ema.decy", "decay"]),
     (["model._target_=torch.nn.Identity"], ["model._target_", "not a GenerativeModel"]),
+    (["trainer.clip_grad=0"], ["trainer.clip_grad", "positive", "null"]),
+    # Values torch or the data, model and schedule builders refuse.
+    (["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
+    (["data.batch_size=-3"], ["data.batch_size=-3", ">= 1"]),
+    (["data.num_train=0"], ["data.num_train", "at least 1"]),
+    (["model.ema.decay=2"], ["model.ema.decay=2", "between 0 and 1"]),
+    (["model.optim.main.lr=-1"], ["model.optim.main.lr=-1", "Invalid learning rate", ">= 0"]),
+    (["+model.optim.main.betas=[2,0.9]"], ["model.optim.main.betas=[2, 0.9]", "[0, 1)"]),
+    (["+model.optim.main.eps=-1"], ["model.optim.main.eps=-1", ">= 0"]),
+    (["model.optim.main.lr=abc"], ["model.optim.main", "torch.optim.Adam", "'<='"]),
+    (["+model.optim.main.momentum=0.9"], ["model.optim.main.momentum", "does not take"]),
+    (["model.optim.main._target_=torch.optim.Nope"],
+     ["model.optim.main._target_=torch.optim.Nope", "torch.optim.Adam"]),
+    (["model.optim.main._target_=torch.nn.Linear"],
+     ["model.optim.main._target_=torch.nn.Linear", "not a torch.optim.Optimizer"]),
+    (["model.schedule.warmup_steps=-1"], ["model.schedule.warmup_steps=-1", ">= 0"]),
+    (["model.schedule.min_lr_ratio=2"], ["model.schedule.min_lr_ratio=2", "from 0 to 1"]),
 ]
 BAD_VALUE_IDS = [" ".join(v[0]) for v in BAD_VALUES]
 
@@ -209,6 +226,15 @@ def test_cli_unknown_key_override(tmp_path: Path) -> None:
 
 def test_cli_unknown_model_key(tmp_path: Path) -> None:
     gentrain_error(tmp_path, ["+model.foo=1"], "model.foo")
+
+
+@pytest.mark.parametrize(
+    ("arg", "needles"),
+    [("data.batch_size=0", ["data.batch_size=0", ">= 1"]),
+     ("model.optim.main.lr=-1", ["model.optim.main.lr=-1", "a number >= 0"])],
+)
+def test_cli_value_torch_refuses(tmp_path: Path, arg: str, needles: list[str]) -> None:
+    gentrain_error(tmp_path, [arg], *needles)
 
 
 def test_cli_missing_resume_path(tmp_path: Path) -> None:

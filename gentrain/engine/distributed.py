@@ -56,6 +56,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over ranks (in place; a no-op in a single process).
+
+    Decisions to stop go through it, so every rank takes the same one at the same step.
+    """
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -65,9 +75,8 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is True on any rank (e.g. a signal reached one)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return flag
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    value = all_reduce_max(torch.tensor([int(flag)], device=device))
+    return bool(value.item())  # a host sync: callers ask only every few steps
 
 
 def gather_to_all(obj: object) -> list[object]:

@@ -3,6 +3,9 @@
 The trainer owns the device, autocast and one GradScaler per phase, gradient accumulation
 (DDP syncs only on the last micro-batch), clipping, EMA, LR schedules, step accounting,
 logging, sample/eval/checkpoint cadences, stop signals and the non-finite guard.
+
+The optimizer step makes no host sync (see phase.py); the host reads device values only at
+log time, before checkpoint writes and, under torchrun, every few steps for stop signals.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ import dataclasses
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -30,16 +31,28 @@ from gentrain.data.seeding import derive_seed, generator_for
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.config import TrainerConfig
 from gentrain.engine.device import autocast_factory
-from gentrain.engine.distributed import DistEnv, all_reduce_sum, any_rank, gather_to_all
+from gentrain.engine.distributed import (
+    DistEnv,
+    all_reduce_max,
+    all_reduce_sum,
+    any_rank,
+    gather_to_all,
+)
 from gentrain.engine.ema import EMA
 from gentrain.engine.evaluation import evaluate_model
+from gentrain.engine.optim import load_optimizer_state
+from gentrain.engine.phase import PhaseState
 from gentrain.engine.run_log import RunLog
-from gentrain.engine.schedule import SCHEDULE_KEYS, lr_multiplier
+from gentrain.engine.schedule import SCHEDULE_KEYS
 from gentrain.engine.signals import StopRequest
 from gentrain.errors import GentrainError
-from gentrain.models.base import GenerativeModel, Phase
+from gentrain.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
+
+# Under torchrun the ranks agree on a stop signal through a collective, which is a host sync,
+# so they ask only every this many steps (and at the last step); alone, every step is free.
+STOP_CHECK_EVERY = 10
 
 
 @dataclass
@@ -72,22 +85,6 @@ class _LossForward(nn.Module):
         return self.model.loss(batch, phase)
 
 
-class _PhaseState:
-    """One phase's optimizer, LR schedule, GradScaler and parameters."""
-
-    def __init__(
-        self, phase: Phase, model: GenerativeModel, optim: Any, schedule: dict[str, Any],
-        max_steps: int, device: torch.device, fp16: bool,
-    ) -> None:
-        self.phase = phase
-        self.params = [p for p in model.phase_parameters(phase.name) if p.requires_grad]
-        self.optimizer: torch.optim.Optimizer = instantiate(optim)(self.params)
-        # Every phase steps once per training step per repeat; schedules count training steps.
-        factor = lr_multiplier(max_steps=max_steps * phase.repeats, **schedule)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-
-
 class Trainer:
     """Trains ``model`` on ``data`` into ``run_dir`` according to ``config``."""
 
@@ -108,8 +105,8 @@ class Trainer:
                 f"{model.family}. Add model.optim.<phase> entries (see configs/model/)."
             )
         self.phases = [
-            _PhaseState(p, model, family.optim[p.name], family.schedule, config.max_steps,
-                        device, fp16=config.precision == "16")
+            PhaseState(p, model, family.optim[p.name], family.schedule, config.max_steps,
+                       device, fp16=config.precision == "16")
             for p in model.phases
         ]
         ema_decay = family.ema.get("decay")
@@ -137,7 +134,6 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
-        self._nonfinite_streak = 0
         self.latest_grids: dict[str, str] = {}
         # Step at which each output was last produced, so the end of training never repeats
         # an evaluation, a grid or a checkpoint write the cadences already did at that step.
@@ -182,7 +178,7 @@ class Trainer:
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
             for s in self.phases:
-                s.optimizer.load_state_dict(state["optimizers"][s.phase.name])
+                load_optimizer_state(s.optimizer, state["optimizers"][s.phase.name])
                 s.scheduler.load_state_dict(state["schedulers"][s.phase.name])
                 s.scaler.load_state_dict(state["scalers"][s.phase.name])
         except (RuntimeError, KeyError, ValueError) as e:
@@ -214,20 +210,27 @@ class Trainer:
         names = [name for name in names if self._done_at.get(name) != self.step]
         if not names:
             return
-        state = self.state_dict()  # collective: every rank takes the same decision above
+        # Collective checks and state: every rank takes the same decision above and below.
+        self._stop_if_diverged(self._streak_stats().tolist())  # a host read before any write
+        self._refuse_nonfinite_weights()
+        state = self.state_dict()
         self._done_at.update(dict.fromkeys(names, self.step))
         if not self.dist.is_main:
             return
-        weights = [*self.model.parameters(), *(self.ema.model.parameters() if self.ema else [])]
-        if not bool(torch.stack([torch.isfinite(p).all() for p in weights]).all()):
-            raise GentrainError(
-                f"Non-finite weights at step {self.step}; not overwriting the last good "
-                "checkpoint. Lower the learning rate or enable trainer.clip_grad."
-            )
         for name in names:
             ckpt.atomic_save(state, self.ckpt_dir / name)
         if periodic:
             ckpt.prune_periodic(self.ckpt_dir, self.cfg.keep_last)
+
+    def _refuse_nonfinite_weights(self) -> None:
+        """Raise on every rank if any rank holds a non-finite weight (a collective host read)."""
+        weights = [*self.model.parameters(), *(self.ema.model.parameters() if self.ema else [])]
+        finite = torch.stack([torch.isfinite(p).all() for p in weights]).all()
+        if all_reduce_max((~finite).float().reshape(1)).item():
+            raise GentrainError(
+                f"Non-finite weights at step {self.step}; not overwriting the last good "
+                "checkpoint. Lower the learning rate or enable trainer.clip_grad."
+            )
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -251,9 +254,11 @@ class Trainer:
                 bar.update(1)
                 self._cadences(bar)
                 self.train_time += time.perf_counter() - started
-                if any_rank(stop.requested, self.device):
+                if self._stop_agreed(stop):
                     status, stop_signal = "stopped", stop.signal_name or "SIGTERM"
                     break
+        if self._done_at.get("log") != self.step and self._sums:
+            self._log_metrics(bar)  # the tail since the last log, non-finite steps included
         bar.close()
         if status == "completed":
             self._final_outputs()
@@ -263,9 +268,17 @@ class Trainer:
         self.log.close()
         return summary
 
-    def _optimizer_step(self, state: _PhaseState) -> None:
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """Whether every rank stops after this step (all ranks ask at the same steps)."""
+        asks = (not self.dist.enabled or self.step % STOP_CHECK_EVERY == 0
+                or self.step == self.cfg.max_steps)
+        return asks and any_rank(stop.requested, self.device)
+
+    def _optimizer_step(self, state: PhaseState) -> None:
+        """Accumulate the micro-batches' gradients and update; no host sync (see phase.py)."""
         name, accum = state.phase.name, self.cfg.grad_accum
         state.optimizer.zero_grad(set_to_none=True)
+        losses: list[Tensor] = []
         for micro in range(accum):
             batch = self._next_batch()
             final = micro == accum - 1
@@ -273,39 +286,30 @@ class Trainer:
             with sync:
                 with self.autocast():
                     out = self.forward(batch, name)
+                # The mean over the step's examples: each micro-batch's mean loss / accum.
                 state.scaler.scale(out["loss"] / accum).backward()
+            losses.append(out["loss"].detach())
             self._accumulate(name, out)
         self.images_seen += self.images_per_batch
-        state.scaler.unscale_(state.optimizer)
-        max_norm = self.cfg.clip_grad if self.cfg.clip_grad is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.params, max_norm)
+        grad_norm = state.grad_norm(self.cfg.clip_grad)
         self._accumulate(name, {"grad_norm": grad_norm})
-        if state.scaler.is_enabled():
-            state.scaler.step(state.optimizer)  # skips non-finite steps itself
-            state.scaler.update()
-        # The one host read per optimizer step: a non-finite update must never be applied
-        # (GradScaler makes the same read for fp16).
-        elif bool(torch.isfinite(grad_norm)):
-            state.optimizer.step()
-            self._nonfinite_streak = 0
-        else:
-            self._skip_nonfinite(name)
-        with warnings.catch_warnings():
-            # The schedule counts training steps, also those the GradScaler or the guard
-            # skipped; torch warns about that order, which is intended here.
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            state.scheduler.step()
+        state.update(grad_norm, torch.stack(losses))
 
-    def _skip_nonfinite(self, phase: str) -> None:
-        self._nonfinite_streak += 1
-        log.warning("Non-finite loss or gradient in phase %s at step %d; update skipped.",
-                    phase, self.step)
-        if self._nonfinite_streak >= self.cfg.max_nonfinite:
-            raise GentrainError(
-                f"Training diverged: {self._nonfinite_streak} non-finite updates in a row at "
-                f"step {self.step}. The last good checkpoint is {self.ckpt_dir / ckpt.LAST}. "
-                "Lower the learning rate, set trainer.clip_grad, or use trainer.precision=32."
-            )
+    def _streak_stats(self) -> Tensor:
+        """Per phase: longest non-finite streak, skipped steps (since the last log, max over
+        ranks), on the device."""
+        return all_reduce_max(torch.stack([s.streak.stats() for s in self.phases]))
+
+    def _stop_if_diverged(self, stats: list[list[float]]) -> None:
+        for s, (longest, _) in zip(self.phases, stats, strict=True):
+            if longest >= self.cfg.max_nonfinite:
+                raise GentrainError(
+                    f"Training diverged: {int(longest)} non-finite updates in a row in phase "
+                    f"{s.phase.name} by step {self.step} (trainer.max_nonfinite="
+                    f"{self.cfg.max_nonfinite}). The last good checkpoint is "
+                    f"{self.ckpt_dir / ckpt.LAST}. Lower the learning rate, set "
+                    "trainer.clip_grad, or use trainer.precision=32."
+                )
 
     def _next_batch(self) -> Batch:
         batch = next(self.loader)
@@ -340,7 +344,16 @@ class Trainer:
             return
         means = torch.stack([self._sums[n] / self._counts[n] for n in names])
         means = all_reduce_sum(means) / self.dist.world_size
-        values = dict(zip(names, means.tolist(), strict=True))  # the one sync per log
+        streaks = self._streak_stats()
+        host = torch.cat([means, streaks.flatten()]).tolist()  # the one host read per log
+        values = dict(zip(names, host[: len(names)], strict=True))
+        stats = [host[i : i + 2] for i in range(len(names), len(host), 2)]
+        for s, (_, skipped) in zip(self.phases, stats, strict=True):
+            s.streak.reset()
+            values[f"{s.phase.name}/nonfinite_skipped"] = skipped
+            if skipped:
+                log.warning("%d update(s) of phase %s skipped for a non-finite loss or gradient "
+                            "since the last log (step %d).", skipped, s.phase.name, self.step)
         now = time.perf_counter()
         elapsed, images = now - self._mark[0], self.images_seen - self._mark[1]
         self._mark = (now, self.images_seen)
@@ -352,11 +365,13 @@ class Trainer:
         self.log.scalars(self.step, values)
         self._sums.clear()
         self._counts.clear()
+        self._done_at["log"] = self.step
         main_loss = f"{self.phases[-1].phase.name}/loss"
         bar.set_postfix(loss=f"{values.get(main_loss, float('nan')):.4g}",
                         img_s=f"{values['perf/images_per_sec']:.0f}", refresh=False)
         if not math.isfinite(values.get(main_loss, 0.0)):
             log.warning("Mean loss since the last log is not finite at step %d.", self.step)
+        self._stop_if_diverged(stats)
 
     def _write_visuals(self) -> None:
         if not self.dist.is_main:
