@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import run_task
 
 from gentrain.engine.checkpoint import load_checkpoint
+from gentrain.models.vae import VAE
 
 
 @pytest.mark.parametrize(
@@ -30,11 +32,46 @@ def test_options_train_and_checkpoint(tmp_path: Path, options: list[str]) -> Non
     assert state["scalers"]["main"] != {} if fp16 else state["scalers"]["main"] == {}
 
 
-def test_grad_accum_counts_images_and_matches_one_big_batch(tmp_path: Path) -> None:
+def _deterministic_loss(model: VAE, images: torch.Tensor) -> torch.Tensor:
+    """The mean over examples of a loss without the VAE's sampling noise (z = posterior mean)."""
+    mu, logvar = model.encode(images, None)
+    per_example = -model.log_likelihood(model.decode(mu, None), images) + logvar.square().sum(1)
+    return per_example.mean()
+
+
+def test_grad_accum_counts_images_and_matches_one_big_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two micro-batches of 8 give the update of one batch of 16 on the same examples."""
-    accum = run_task(tmp_path / "accum", ["trainer.max_steps=1", "trainer.grad_accum=2",
-                                          "trainer.deterministic=true"])
+    initial: list[VAE] = []
+    micro_batches: list[torch.Tensor] = []
+
+    def loss(self: VAE, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
+        if not initial:
+            initial.append(copy.deepcopy(self))  # the weights before the first update
+        micro_batches.append(batch["image"].clone())
+        return {"loss": _deterministic_loss(self, batch["image"])}
+
+    monkeypatch.setattr(VAE, "loss", loss)
+    lr = 1e-4  # plain SGD: the update is -lr times the gradient, so its scale shows
+    accum = run_task(tmp_path, ["trainer.max_steps=1", "trainer.grad_accum=2",
+                                "trainer.deterministic=true", f"model.optim.main.lr={lr}",
+                                "model.optim.main._target_=torch.optim.SGD"])
     assert accum["images_seen"] == 16
+    assert len(micro_batches) == 2 and not torch.equal(*micro_batches)
+
+    # By hand: one step of the initial model on the concatenation of both micro-batches.
+    model = initial[0]
+    _deterministic_loss(model, torch.cat(micro_batches)).backward()
+    trained = load_checkpoint(tmp_path)["model"]
+    for name, p in model.named_parameters():
+        expected = p.detach() - lr * p.grad
+        torch.testing.assert_close(trained[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+
+    # The check has teeth: summing the micro-batch means without 1/accum doubles the update.
+    doubled = {name: p.detach() - 2 * lr * p.grad for name, p in model.named_parameters()}
+    assert not all(torch.allclose(trained[n], w, rtol=1e-5, atol=1e-6)
+                   for n, w in doubled.items())
 
 
 def test_lr_warmup_is_applied(tmp_path: Path) -> None:
