@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import DDPM_FAST, FAST_RUN, compose_config, gentrain_cli, run_task
 from omegaconf import OmegaConf
+from test_optimizer_step import QUIET, count_reads_in_steps
 from test_resume import interrupt_at
 
 import gentrain.models.ddpm as ddpm_module
@@ -228,3 +229,14 @@ def test_the_cifar10_recipe_is_the_papers() -> None:
         actual = OmegaConf.select(cfg, key)
         actual = OmegaConf.to_container(actual) if OmegaConf.is_config(actual) else actual
         assert actual == value, f"{key} is {actual}, the paper uses {value}"
+
+
+def test_the_ddpm_optimizer_step_makes_no_host_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timesteps, noise, label dropout and the schedule's coefficients stay on the device."""
+    record = count_reads_in_steps(monkeypatch)
+    result = ddpm_task(tmp_path, ["trainer.max_steps=3", "model.conditional=true",
+                                  "trainer.clip_grad=1.0", *QUIET])
+    assert result["status"] == "completed" and record["steps"] == 3
+    assert record["reads"] == []

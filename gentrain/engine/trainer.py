@@ -380,7 +380,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         generator = generator_for(self.device, self.seed, "samples")
-        grids = model.visuals(self.fixed_batch, generator)
+        with self.autocast():  # samplers (DDPM: 50 network passes a grid) run at train precision
+            grids = model.visuals(self.fixed_batch, generator)
         model.train(was_training)
         written = {name: self.log.grid(self.step, name, grid) for name, grid in grids.items()}
         self.latest_grids = {name: str(path) for name, path in written.items() if path}
