@@ -21,8 +21,8 @@ from gentrain.engine.trainer import Trainer
 
 original = Trainer._optimizer_step
 
-def step(self, state):
-    original(self, state)
+def step(self, *args):
+    original(self, *args)
     if self.step == 2 and self.dist.rank == 0:
         with torch.no_grad():
             next(self.model.parameters()).fill_(float("nan"))

@@ -82,8 +82,8 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> None:
     original = VAE.loss
     calls = {"n": 0}
 
-    def loss(self: VAE, batch, phase):  # type: ignore[no-untyped-def]
-        out = original(self, batch, phase)
+    def loss(self: VAE, batch, phase, ctx=None):  # type: ignore[no-untyped-def]
+        out = original(self, batch, phase, ctx)
         if calls["n"] in bad_calls:
             out = {**out, "loss": out["loss"] * math.nan}
         calls["n"] += 1

@@ -34,13 +34,13 @@ def count_reads_in_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
         return wrapper
 
-    def step(self: Trainer, state: Any) -> None:
+    def step(self: Trainer, *args: Any) -> None:
         record["steps"] += 1
         record["trainer"] = self
         with pytest.MonkeyPatch.context() as patch:
             for name in HOST_READS:
                 patch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-            original(self, state)
+            original(self, *args)
 
     monkeypatch.setattr(Trainer, "_optimizer_step", step)
     return record
@@ -51,8 +51,8 @@ def poison(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> None:
     original = VAE.loss
     calls = {"n": 0}
 
-    def loss(self: VAE, batch: Any, phase: str) -> dict[str, torch.Tensor]:
-        out = original(self, batch, phase)
+    def loss(self: VAE, batch: Any, phase: str, ctx: Any = None) -> dict[str, torch.Tensor]:
+        out = original(self, batch, phase, ctx)
         if calls["n"] in bad_calls:
             out = {**out, "loss": out["loss"] * math.nan}
         calls["n"] += 1

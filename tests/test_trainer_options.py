@@ -46,7 +46,8 @@ def test_grad_accum_counts_images_and_matches_one_big_batch(
     initial: list[VAE] = []
     micro_batches: list[torch.Tensor] = []
 
-    def loss(self: VAE, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
+    def loss(self: VAE, batch: dict[str, torch.Tensor], phase: str,
+             ctx: object = None) -> dict[str, torch.Tensor]:
         if not initial:
             initial.append(copy.deepcopy(self))  # the weights before the first update
         micro_batches.append(batch["image"].clone())

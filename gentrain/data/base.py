@@ -45,6 +45,7 @@ class ResumableLoader(Protocol):
     """
 
     batch_size: int
+    batches_per_epoch: int
 
     def __iter__(self) -> Iterator[Batch]: ...
 

@@ -92,6 +92,7 @@ class FileBatchLoader:
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.device, self.transform = device, transform
         self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size)
+        self.batches_per_epoch = self.sampler.batches
         self.loader = DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=num_workers,
             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,

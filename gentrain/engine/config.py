@@ -21,8 +21,9 @@ class TrainerConfig:
     device: str = "auto"
     precision: str = "32"
     max_steps: int = 2000
+    max_epochs: int | None = None
     grad_accum: int = 1
-    clip_grad: float | None = None
+    clip_grad: float | dict | None = None
     deterministic: bool = False
     compile: bool = False
     channels_last: bool = False
@@ -62,13 +63,29 @@ class TrainerConfig:
                 raise GentrainError(
                     f"trainer.{key} must be at least 1 or null, not {getattr(self, key)}."
                 )
-        if self.clip_grad is not None and not self.clip_grad > 0:
+        clips = self.clip_grad if isinstance(self.clip_grad, dict) else {"": self.clip_grad}
+        for phase, clip in clips.items():
+            key = f"trainer.clip_grad.{phase}" if phase else "trainer.clip_grad"
+            if clip is not None and not (_accepts((float,), clip) and clip > 0):
+                raise GentrainError(
+                    f"{key} must be a positive max gradient norm (e.g. 1.0) or null for no "
+                    f"clipping, not {clip!r}. Per phase: trainer.clip_grad={{discriminator: "
+                    "1.0}."
+                )
+        if self.max_epochs is not None and self.max_epochs < 1:
             raise GentrainError(
-                f"trainer.clip_grad must be a positive max gradient norm (e.g. 1.0) or null for "
-                f"no clipping, not {self.clip_grad}."
+                f"trainer.max_epochs must be at least 1 or null (null: trainer.max_steps "
+                f"decides), not {self.max_epochs}."
             )
         if self.keep_last < 0:
             raise GentrainError(f"trainer.keep_last must be 0 or more, not {self.keep_last}.")
+
+    @classmethod
+    def clip_for(self, phase: str) -> float | None:
+        """The max gradient norm of ``phase`` (one value for all, or per phase)."""
+        if isinstance(self.clip_grad, dict):
+            return self.clip_grad.get(phase)
+        return self.clip_grad
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> TrainerConfig:

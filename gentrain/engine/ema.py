@@ -17,32 +17,57 @@ class EMA:
     With ``warmup`` the decay ramps as ``min(decay, (1 + t) / (10 + t))``, so early averages
     are not dominated by the random initialisation. Buffers (e.g. BatchNorm statistics) are
     copied, not averaged.
+
+    ``networks`` names the sub-networks to average (None: the whole model). The shadow model
+    then shares every other child with the live model instead of copying it, so a GAN's
+    discriminator costs no memory here and is never averaged or saved twice.
     """
 
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, decay: float, warmup: bool = True,
+        networks: tuple[str, ...] | None = None,
+    ) -> None:
         require(
             isinstance(decay, float) and 0.0 < decay < 1.0,
             f"model.ema.decay={decay!r} must be a number between 0 and 1 (e.g. 0.999), or null "
             "to train without EMA.",
         )
-        self.decay, self.warmup = decay, warmup
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.warmup, self.networks = decay, warmup, networks
+        shared = {} if networks is None else {
+            id(child): child for name, child in model.named_children() if name not in networks
+        }
+        self.model = copy.deepcopy(model, memo=shared)
+        for module in self._averaged(self.model):
+            module.eval().requires_grad_(False)
         self.updates = 0
+
+    def _averaged(self, model: nn.Module) -> list[nn.Module]:
+        if self.networks is None:
+            return [model]
+        return [model.get_submodule(name) for name in self.networks]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         t = self.updates
         decay = min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
-        shadow = [p for p in self.model.parameters() if p.dtype.is_floating_point]
-        live = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(shadow, live, 1.0 - decay)
-        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
-            mine.copy_(theirs)
+        for mine, live in zip(self._averaged(self.model), self._averaged(model), strict=True):
+            shadow = [p for p in mine.parameters() if p.dtype.is_floating_point]
+            current = [p.detach() for p in live.parameters() if p.dtype.is_floating_point]
+            torch._foreach_lerp_(shadow, current, 1.0 - decay)
+            for buffer, theirs in zip(mine.buffers(), live.buffers(), strict=True):
+                buffer.copy_(theirs)
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "updates": self.updates}
+        if self.networks is None:
+            return {"model": self.model.state_dict(), "updates": self.updates}
+        return {"networks": {name: self.model.get_submodule(name).state_dict()
+                             for name in self.networks}, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        if self.networks is None:
+            self.model.load_state_dict(state["model"])
+        else:
+            for name in self.networks:
+                self.model.get_submodule(name).load_state_dict(state["networks"][name])
         self.updates = int(state["updates"])

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gentrain.engine.optim import build_optimizer, skips_on_device
-from gentrain.engine.schedule import lr_multiplier
+from gentrain.engine.schedule import lr_multiplier, phase_schedule
 from gentrain.models.base import GenerativeModel, Phase
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ class PhaseState:
         self.phase = phase
         self.params = [p for p in model.phase_parameters(phase.name) if p.requires_grad]
         self.optimizer = build_optimizer(optim, self.params, device, f"model.optim.{phase.name}")
-        # Every phase steps once per training step per repeat; schedules count training steps.
-        factor = lr_multiplier(max_steps=max_steps * phase.repeats, **schedule)
+        # A phase steps ``repeats`` times per training step; schedules count training steps.
+        factor = lr_multiplier(max_steps=max_steps * phase.repeats,
+                               **phase_schedule(schedule, phase.repeats))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.streak = NonfiniteStreak(device)

@@ -4,11 +4,45 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from gentrain.errors import GentrainError
 
 DECAYS = ("constant", "cosine", "linear")
-SCHEDULE_KEYS = frozenset({"warmup_steps", "decay", "min_lr_ratio", "decay_start"})
+SCHEDULE_KEYS = frozenset({"warmup_steps", "decay", "min_lr_ratio", "decay_start",
+                           "warmup_epochs", "decay_start_epoch"})
+# Keys counted in epochs, and the step-counted key each becomes.
+EPOCH_KEYS = {"warmup_epochs": "warmup_steps", "decay_start_epoch": "decay_start"}
+
+
+def schedule_in_steps(schedule: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
+    """``schedule`` with its epoch-counted keys turned into training steps.
+
+    pix2pix's "100 epochs at the base LR, then 100 of linear decay to zero" is
+    ``trainer.max_epochs=200`` with ``decay: linear, decay_start_epoch: 100``.
+    """
+    converted = {k: v for k, v in schedule.items() if k not in EPOCH_KEYS}
+    for key, step_key in EPOCH_KEYS.items():
+        if schedule.get(key) is None:
+            continue
+        if schedule.get(step_key) is not None:
+            raise GentrainError(
+                f"model.schedule sets both {key} and {step_key}; give one of them (set the "
+                f"other to null)."
+            )
+        _require_steps(key, schedule[key], "a whole number of epochs")
+        converted[step_key] = schedule[key] * steps_per_epoch
+    return converted
+
+
+def phase_schedule(schedule: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """``schedule`` in a phase's own optimizer steps: it steps ``repeats`` times per training
+    step, so a 5x critic warms up and decays at the same training steps as its generator."""
+    scaled = dict(schedule)
+    for key in ("warmup_steps", "decay_start"):
+        if isinstance(scaled.get(key), int) and not isinstance(scaled[key], bool):
+            scaled[key] = scaled[key] * repeats
+    return scaled
 
 
 def lr_multiplier(

@@ -43,10 +43,10 @@ from gentrain.engine.evaluation import evaluate_model
 from gentrain.engine.optim import load_optimizer_state
 from gentrain.engine.phase import PhaseState
 from gentrain.engine.run_log import RunLog
-from gentrain.engine.schedule import SCHEDULE_KEYS
+from gentrain.engine.schedule import SCHEDULE_KEYS, schedule_in_steps
 from gentrain.engine.signals import StopRequest
 from gentrain.errors import GentrainError
-from gentrain.models.base import GenerativeModel
+from gentrain.models.base import GenerativeModel, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class _LossForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Batch, phase: str) -> dict[str, Tensor]:
-        return self.model.loss(batch, phase)
+    def forward(self, batch: Batch, phase: str, ctx: StepContext) -> dict[str, Tensor]:
+        return self.model.loss(batch, phase, ctx)
 
 
 class Trainer:
@@ -93,8 +93,17 @@ class Trainer:
         family: FamilyTraining, run_dir: Path, seed: int, config_yaml: str, dist: DistEnv,
         device: torch.device, tensorboard: bool = True,
     ) -> None:
-        self.cfg, self.data, self.run_dir, self.seed = config, data, run_dir, seed
+        self.data, self.run_dir, self.seed = data, run_dir, seed
         self.config_yaml, self.dist, self.device = config_yaml, dist, device
+        self.loader = data.train_loader(
+            device=device, seed=seed, rank=dist.rank, world_size=dist.world_size
+        )
+        # A training step takes grad_accum batches (shared by the phases that do not ask for
+        # fresh ones); epochs count those.
+        steps_per_epoch = max(1, self.loader.batches_per_epoch // config.grad_accum)
+        if config.max_epochs is not None:
+            config = dataclasses.replace(config, max_steps=config.max_epochs * steps_per_epoch)
+        self.cfg = config
         self.model = model.to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -104,28 +113,27 @@ class Trainer:
                 f"model.optim has no optimizer for phase(s) {', '.join(missing)} of "
                 f"{model.family}. Add model.optim.<phase> entries (see configs/model/)."
             )
+        unknown = sorted(set(config.clip_grad) - {p.name for p in model.phases}
+                         if isinstance(config.clip_grad, dict) else [])
+        if unknown:
+            raise GentrainError(
+                f"trainer.clip_grad names phase(s) {', '.join(unknown)} that {model.family} does "
+                f"not have; its phases are {', '.join(p.name for p in model.phases)}."
+            )
+        schedule = schedule_in_steps(family.schedule, steps_per_epoch)
         self.phases = [
-            PhaseState(p, model, family.optim[p.name], family.schedule, config.max_steps,
+            PhaseState(p, model, family.optim[p.name], schedule, config.max_steps,
                        device, fp16=config.precision == "16")
             for p in model.phases
         ]
         ema_decay = family.ema.get("decay")
-        self.ema = EMA(model, ema_decay, family.ema.get("warmup", True)) if ema_decay else None
+        self.ema = (EMA(model, ema_decay, family.ema.get("warmup", True), model.ema_networks)
+                    if ema_decay else None)
         self.autocast = autocast_factory(device, config.precision)
         self.forward: nn.Module = _LossForward(self.model)
-        self._no_sync: Any = None  # DDP's context that skips the gradient all-reduce
-        if dist.enabled:
-            self.forward = DistributedDataParallel(
-                self.forward, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=len(self.phases) > 1,
-            )
-            self._no_sync = self.forward.no_sync
-        if config.compile:
-            self.forward = torch.compile(self.forward)
-        self.loader = data.train_loader(
-            device=device, seed=seed, rank=dist.rank, world_size=dist.world_size
-        )
-        self.images_per_batch = data.batch_size * config.grad_accum * dist.world_size
+        self._ddp: list[DistributedDataParallel] = []  # whose no_sync skips the all-reduce
+        self._wrap_for_speed_and_ranks()
+        self.images_per_batch = data.batch_size * dist.world_size
         self.step = 0
         self.images_seen = 0
         self.train_time = 0.0
@@ -142,6 +150,35 @@ class Trainer:
         self.log = RunLog(run_dir, tensorboard=tensorboard, enabled=dist.is_main)
         self.ckpt_dir = run_dir / "checkpoints"
         torch.manual_seed(derive_seed(seed, "train", dist.rank))
+
+    def _wrap_for_speed_and_ranks(self) -> None:
+        """DDP and torch.compile around each network the family names (or its whole loss).
+
+        Wrapping networks one by one means a G step all-reduces only G's gradients, and no
+        parameter is unused in a backward (no ``find_unused_parameters``).
+        """
+        if self.cfg.compile and self.model.compile_unsupported:
+            raise GentrainError(
+                f"trainer.compile=true does not work here: {self.model.compile_unsupported} "
+                "Set trainer.compile=false."
+            )
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        networks = self.model.networks()
+        if not networks:
+            if self.dist.enabled:
+                self.forward = DistributedDataParallel(self.forward, device_ids=device_ids)
+                self._ddp = [self.forward]
+            if self.cfg.compile:
+                self.forward = torch.compile(self.forward)
+            return
+        wrapped: dict[str, nn.Module] = {}
+        for name, network in networks.items():
+            module: nn.Module = network
+            if self.dist.enabled:
+                module = DistributedDataParallel(network, device_ids=device_ids)
+                self._ddp.append(module)
+            wrapped[name] = torch.compile(module) if self.cfg.compile else module
+        self.model.wrap_networks(wrapped)
 
     # ------------------------------------------------------------------ state
     @property
@@ -245,9 +282,7 @@ class Trainer:
         with StopRequest() as stop:
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
-                for state in self.phases:
-                    for _ in range(state.phase.repeats):
-                        self._optimizer_step(state)
+                self._training_step()
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1
@@ -274,26 +309,51 @@ class Trainer:
                 or self.step == self.cfg.max_steps)
         return asks and any_rank(stop.requested, self.device)
 
-    def _optimizer_step(self, state: PhaseState) -> None:
+    def _training_step(self) -> None:
+        """Every phase's repeats on the step's shared micro-batches (drawn on first use), or on
+        fresh ones for phases that ask; phases of one micro-batch share one context."""
+        accum = self.cfg.grad_accum
+        shared: list[Batch] = []
+        contexts = [StepContext(step=self.step, max_steps=self.cfg.max_steps, micro=m)
+                    for m in range(accum)]
+        for state in self.phases:
+            for repeat in range(state.phase.repeats):
+                if state.phase.fresh_batch:
+                    batches = [self._next_batch() for _ in range(accum)]
+                else:
+                    while len(shared) < accum:
+                        shared.append(self._next_batch())
+                    batches = shared
+                for ctx in contexts:
+                    ctx.repeat = repeat
+                self._optimizer_step(state, batches, contexts)
+
+    def _optimizer_step(
+        self, state: PhaseState, batches: list[Batch], contexts: list[StepContext]
+    ) -> None:
         """Accumulate the micro-batches' gradients and update; no host sync (see phase.py)."""
         name, accum = state.phase.name, self.cfg.grad_accum
         state.optimizer.zero_grad(set_to_none=True)
         losses: list[Tensor] = []
-        for micro in range(accum):
-            batch = self._next_batch()
-            final = micro == accum - 1
-            sync = contextlib.nullcontext() if final or self._no_sync is None else self._no_sync()
-            with sync:
+        for micro, (batch, ctx) in enumerate(zip(batches, contexts, strict=True)):
+            with self._sync_gradients(micro == accum - 1):
                 with self.autocast():
-                    out = self.forward(batch, name)
+                    out = self.forward(batch, name, ctx)
                 # The mean over the step's examples: each micro-batch's mean loss / accum.
                 state.scaler.scale(out["loss"] / accum).backward()
             losses.append(out["loss"].detach())
             self._accumulate(name, out)
-        self.images_seen += self.images_per_batch
-        grad_norm = state.grad_norm(self.cfg.clip_grad)
+        grad_norm = state.grad_norm(self.cfg.clip_for(name))
         self._accumulate(name, {"grad_norm": grad_norm})
         state.update(grad_norm, torch.stack(losses))
+
+    def _sync_gradients(self, final: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP all-reduces on the last micro-batch only (forward and backward both inside)."""
+        stack = contextlib.ExitStack()
+        if not final:
+            for ddp in self._ddp:
+                stack.enter_context(ddp.no_sync())
+        return stack
 
     def _streak_stats(self) -> Tensor:
         """Per phase: longest non-finite streak, skipped steps (since the last log, max over
@@ -313,6 +373,7 @@ class Trainer:
 
     def _next_batch(self) -> Batch:
         batch = next(self.loader)
+        self.images_seen += self.images_per_batch
         if self.cfg.channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
                      for k, v in batch.items()}
@@ -369,8 +430,12 @@ class Trainer:
         main_loss = f"{self.phases[-1].phase.name}/loss"
         bar.set_postfix(loss=f"{values.get(main_loss, float('nan')):.4g}",
                         img_s=f"{values['perf/images_per_sec']:.0f}", refresh=False)
-        if not math.isfinite(values.get(main_loss, 0.0)):
-            log.warning("Mean loss since the last log is not finite at step %d.", self.step)
+        for s in self.phases:
+            if not math.isfinite(values.get(f"{s.phase.name}/loss", 0.0)):
+                log.warning("Mean %s loss since the last log is not finite at step %d.",
+                            s.phase.name, self.step)
+        for message in self.model.training_warnings(values):
+            log.warning("Step %d: %s", self.step, message)
         self._stop_if_diverged(stats)
 
     def _write_visuals(self) -> None:
@@ -383,16 +448,19 @@ class Trainer:
         with self.autocast():  # samplers (DDPM: 50 network passes a grid) run at train precision
             grids = model.visuals(self.fixed_batch, generator)
         model.train(was_training)
+        self.model.train()  # an EMA model shares the networks it does not average
         written = {name: self.log.grid(self.step, name, grid) for name, grid in grids.items()}
         self.latest_grids = {name: str(path) for name, path in written.items() if path}
         self._done_at["visuals"] = self.step
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_model(
+        metrics = evaluate_model(
             self.sampling_model, self.data, split=self.data.eval_split, device=self.device,
             limit=self.cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size,
             progress=self.cfg.progress and self.dist.is_main,
         )
+        self.model.train()  # an EMA model shares the networks it does not average
+        return metrics
 
     def _evaluate_and_track(self) -> bool:
         """Evaluate, log, and say whether the family's monitored metric improved."""

@@ -8,7 +8,8 @@ It never steps an optimizer, moves data or writes files.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,13 +21,36 @@ from gentrain.data.batch import Batch, DataSpec
 class Phase:
     """One parameter group with its own optimizer.
 
-    ``repeats`` is the update ratio: the phase steps that many times (each on a fresh batch)
-    per training step, e.g. five critic steps per generator step in WGAN-GP. The training step
-    count is the number of times the *last* phase (the generator or main phase) has stepped.
+    ``repeats`` is the update ratio: the phase steps that many times per training step, e.g.
+    five critic steps per generator step in WGAN-GP. The training step count is the number of
+    times the *last* phase (the generator or main phase) has stepped. By default all phases of
+    a training step see the step's batch (so a G step can reuse the fakes its D step made);
+    with ``fresh_batch`` every repeat of this phase draws its own.
     """
 
     name: str
     repeats: int = 1
+    fresh_batch: bool = False
+
+
+@dataclass
+class StepContext:
+    """What the phases of one training step share, for one micro-batch.
+
+    ``scratch`` lives for one training step: a D step can leave its fakes there for the G step
+    of the same micro-batch (never across steps, so checkpoints and resume never see it).
+    """
+
+    step: int = 0  # training steps completed before this one
+    max_steps: int = 1
+    micro: int = 0  # micro-batch index under gradient accumulation
+    repeat: int = 0  # which repeat of the phase
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1)."""
+        return self.step / max(1, self.max_steps)
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,9 @@ class GenerativeModel(nn.Module):
     #: Model config keys that change only how the family samples or evaluates, never the
     #: network: ``task=sample`` / ``task=eval`` take them from the command line.
     inference_keys: tuple[str, ...] = ()
+    #: Names of the sub-networks (attributes) the trainer averages with EMA; None: the whole
+    #: model. A GAN names its generator, so the discriminator is neither copied nor averaged.
+    ema_networks: tuple[str, ...] | None = None
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
@@ -71,9 +98,40 @@ class GenerativeModel(nn.Module):
             raise KeyError(phase)
         return self.parameters()
 
-    def loss(self, batch: Batch, phase: str) -> dict[str, Tensor]:
-        """Scalar tensors for ``phase``: ``loss`` is minimised, every other key is logged."""
+    def loss(
+        self, batch: Batch, phase: str, ctx: StepContext | None = None
+    ) -> dict[str, Tensor]:
+        """Scalar tensors for ``phase``: ``loss`` is minimised, every other key is logged.
+
+        ``ctx`` is shared by the phases of one training step (None outside the trainer).
+        """
         raise NotImplementedError
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Sub-networks the trainer wraps one by one (DDP, compile); empty: the whole loss.
+
+        A family that names them calls each through :meth:`net` in ``loss``, so that a G step
+        all-reduces only G's gradients and no parameter is ever unused.
+        """
+        return {}
+
+    def network(self, name: str) -> nn.Module:
+        """The network ``name`` as the trainer wrapped it (DDP, compile), or itself."""
+        wrapped: dict[str, nn.Module] = self.__dict__.get("_wrapped_networks", {})
+        return wrapped[name] if name in wrapped else getattr(self, name)
+
+    def wrap_networks(self, wrapped: dict[str, nn.Module]) -> None:
+        """Install the trainer's wrappers without registering them as submodules."""
+        self.__dict__["_wrapped_networks"] = wrapped
+
+    @property
+    def compile_unsupported(self) -> str | None:
+        """Why ``trainer.compile=true`` cannot work for this configuration (None: it can)."""
+        return None
+
+    def training_warnings(self, metrics: dict[str, float]) -> list[str]:
+        """Warnings about the run's health from the metrics of one log interval."""
+        return []
 
     @torch.no_grad()
     def sample(

@@ -21,7 +21,7 @@ from gentrain.data.batch import Batch, DataSpec
 from gentrain.diffusion import Denoise, Diffusion, sample_loop, variational_bound
 from gentrain.errors import GentrainError, require
 from gentrain.likelihoods import bits_per_dim
-from gentrain.models.base import GenerativeModel, Grid
+from gentrain.models.base import GenerativeModel, Grid, StepContext
 
 GRID_ROW = 8
 EVAL_SEED = 0  # evaluate() draws from its own generator: reproducible, training RNG untouched
@@ -123,7 +123,9 @@ class DDPM(GenerativeModel):
                 "batch has no 'label'. Use a labelled dataset or model.conditional=false.")
         return batch["label"]
 
-    def loss(self, batch: Batch, phase: str) -> dict[str, Tensor]:
+    def loss(
+        self, batch: Batch, phase: str, ctx: StepContext | None = None
+    ) -> dict[str, Tensor]:
         """L_simple: MSE between the network's output and its target at t ~ U{0, …, T−1}."""
         if phase != "main":
             raise KeyError(phase)

@@ -23,7 +23,7 @@ from gentrain.likelihoods import (
     gaussian_log_prob,
     standard_normal_log_prob,
 )
-from gentrain.models.base import GenerativeModel, Grid
+from gentrain.models.base import GenerativeModel, Grid, StepContext
 from gentrain.nets.conv import ConvDecoder, ConvEncoder, default_num_down
 
 LIKELIHOODS = ("auto", "bernoulli", "logistic")
@@ -180,7 +180,9 @@ class VAE(GenerativeModel):
         log_px = self.log_likelihood(self.decode(z, label), x)
         return log_px, gaussian_kl_standard(mu, logvar)
 
-    def loss(self, batch: Batch, phase: str) -> dict[str, Tensor]:
+    def loss(
+        self, batch: Batch, phase: str, ctx: StepContext | None = None
+    ) -> dict[str, Tensor]:
         """``loss`` = mean of -(log p(x|z) - beta * KL); logged terms use the plain ELBO."""
         if phase != "main":
             raise KeyError(phase)

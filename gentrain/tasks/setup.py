@@ -53,6 +53,10 @@ def model_from_checkpoint(
     if cfg is not None:
         model_cfg = inference_model_config(config.model, cfg.model, overrides, cfg.task)
     model = build_model(model_cfg, spec_from_dict(state["data_spec"]))
-    has_ema = use_ema and state.get("ema") is not None
-    model.load_state_dict(state["ema"]["model"] if has_ema else state["model"])
+    model.load_state_dict(state["model"])
+    ema = state.get("ema") if use_ema else None
+    if ema is not None and "model" in ema:
+        model.load_state_dict(ema["model"])
+    for name, weights in (ema or {}).get("networks", {}).items():  # EMA of named networks
+        model.get_submodule(name).load_state_dict(weights)
     return model.to(device).eval(), state, config
