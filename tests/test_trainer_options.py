@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from conftest import run_task
 
 from gentrain.engine.checkpoint import load_checkpoint
+from gentrain.errors import GentrainError
 from gentrain.models.vae import VAE
 
 
@@ -80,3 +82,24 @@ def test_lr_warmup_is_applied(tmp_path: Path) -> None:
                                  "model.schedule.warmup_steps=4"])
     # After 2 of 4 warmup steps the scheduler has the LR at 3/4 of the base LR.
     assert result["final_metrics"]["lr/main"] == pytest.approx(0.75e-3)
+
+
+def test_max_epochs_and_epoch_schedules_count_training_steps(tmp_path: Path) -> None:
+    """32 examples in batches of 8 are 4 steps an epoch: 2 epochs are 8 steps, and a decay
+    starting at epoch 1 starts at step 4 (the LR is still the base LR at step 4)."""
+    result = run_task(tmp_path, ["trainer.max_epochs=2", "data.num_train=32",
+                                 "trainer.log_every=1", "model.schedule.decay=linear",
+                                 "+model.schedule.decay_start_epoch=1"])
+    assert result["steps"] == 8 and result["images_seen"] == 64
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr/main"] for row in rows if "lr/main" in row]
+    assert lrs[3] == pytest.approx(1e-3) and lrs[4] < 1e-3  # after 4 and 5 optimizer steps
+
+
+def test_a_schedule_in_both_steps_and_epochs_is_a_clear_error() -> None:
+    from gentrain.engine.schedule import schedule_in_steps
+
+    with pytest.raises(GentrainError, match="warmup_epochs and warmup_steps"):
+        schedule_in_steps({"warmup_steps": 10, "warmup_epochs": 1}, 100)
+    assert schedule_in_steps({"warmup_epochs": 2, "decay_start_epoch": 3}, 10) == {
+        "warmup_steps": 20, "decay_start": 30}

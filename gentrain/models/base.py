@@ -15,6 +15,23 @@ import torch
 from torch import Tensor, nn
 
 from gentrain.data.batch import Batch, DataSpec
+from gentrain.errors import require
+
+
+def require_class_labels(spec: DataSpec, family: str) -> None:
+    """``model.conditional=true`` needs a dataset with class labels."""
+    require(
+        spec.label_kind == "class" and spec.num_classes > 0,
+        f"model.conditional=true needs class labels, but data {spec.name!r} has none. Use a "
+        f"dataset with class labels or set model.conditional=false ({family}).",
+    )
+
+
+def labels_of(batch: Batch, family: str) -> Tensor:
+    """The batch's class labels, or one clear error if a conditional model gets none."""
+    require("label" in batch, f"This {family} is conditional (model.conditional=true) but the "
+            "batch has no 'label'. Use a dataset with class labels or model.conditional=false.")
+    return batch["label"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,7 @@ class GenerativeModel(nn.Module):
     def networks(self) -> dict[str, nn.Module]:
         """Sub-networks the trainer wraps one by one (DDP, compile); empty: the whole loss.
 
-        A family that names them calls each through :meth:`net` in ``loss``, so that a G step
+        A family that names them calls each through :meth:`network` in ``loss``, so that a G step
         all-reduces only G's gradients and no parameter is ever unused.
         """
         return {}
