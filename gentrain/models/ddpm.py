@@ -21,7 +21,13 @@ from gentrain.data.batch import Batch, DataSpec
 from gentrain.diffusion import Denoise, Diffusion, sample_loop, variational_bound
 from gentrain.errors import GentrainError, require
 from gentrain.likelihoods import bits_per_dim
-from gentrain.models.base import GenerativeModel, Grid, StepContext
+from gentrain.models.base import (
+    GenerativeModel,
+    Grid,
+    StepContext,
+    labels_of,
+    require_class_labels,
+)
 
 GRID_ROW = 8
 EVAL_SEED = 0  # evaluate() draws from its own generator: reproducible, training RNG untouched
@@ -84,11 +90,7 @@ class DDPM(GenerativeModel):
         require(vb_timesteps is None or vb_timesteps >= 1,
                 f"model.vb_timesteps must be >= 1 or null (all T), not {vb_timesteps}.")
         if conditional:
-            require(
-                spec.label_kind == "class" and spec.num_classes > 0,
-                f"model.conditional=true needs class labels, but data {spec.name!r} has none. "
-                "Use a dataset with class labels or set model.conditional=false.",
-            )
+            require_class_labels(spec, self.family)
         require(spec.height == spec.width,
                 f"The DDPM U-Net needs square images; data {spec.name!r} is "
                 f"{spec.height}x{spec.width}.")
@@ -119,9 +121,7 @@ class DDPM(GenerativeModel):
     def _labels(self, batch: Batch) -> Tensor | None:
         if not self.conditional:
             return None
-        require("label" in batch, "This DDPM is conditional (model.conditional=true) but the "
-                "batch has no 'label'. Use a labelled dataset or model.conditional=false.")
-        return batch["label"]
+        return labels_of(batch, self.family)
 
     def loss(
         self, batch: Batch, phase: str, ctx: StepContext | None = None

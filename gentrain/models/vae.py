@@ -23,7 +23,13 @@ from gentrain.likelihoods import (
     gaussian_log_prob,
     standard_normal_log_prob,
 )
-from gentrain.models.base import GenerativeModel, Grid, StepContext
+from gentrain.models.base import (
+    GenerativeModel,
+    Grid,
+    StepContext,
+    labels_of,
+    require_class_labels,
+)
 from gentrain.nets.conv import ConvDecoder, ConvEncoder, default_num_down
 
 LIKELIHOODS = ("auto", "bernoulli", "logistic")
@@ -87,11 +93,7 @@ class VAE(GenerativeModel):
             "Set data.binarize=static or data.binarize=dynamic, or use model.likelihood=logistic.",
         )
         if conditional:
-            require(
-                spec.label_kind == "class" and spec.num_classes > 0,
-                f"model.conditional=true needs class labels, but data {spec.name!r} has none. "
-                "Use a dataset with class labels or set model.conditional=false.",
-            )
+            require_class_labels(spec, self.family)
         self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.beta = beta
@@ -119,12 +121,7 @@ class VAE(GenerativeModel):
         return {"label": self._labels(batch)} if self.conditional else None
 
     def _labels(self, batch: Batch) -> Tensor:
-        require(
-            "label" in batch,
-            "This VAE is conditional (model.conditional=true) but the batch has no 'label'. "
-            "Use a dataset with class labels or set model.conditional=false.",
-        )
-        return batch["label"]
+        return labels_of(batch, self.family)
 
     def _one_hot(self, batch: Batch, like: Tensor) -> Tensor | None:
         """(B, num_classes) one-hot labels for conditional models, None otherwise."""

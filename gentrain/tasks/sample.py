@@ -9,9 +9,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch import Tensor
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
+from gentrain.data import build_data
+from gentrain.data.batch import DataSpec
+from gentrain.data.images import SquareImage, list_images
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.run_log import RunLog, to_unit
 from gentrain.errors import GentrainError, require
@@ -32,20 +36,33 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
             f"sample.num ({num}), sample.nrow ({nrow}) and sample.batch_size ({chunk}) must be "
             ">= 1.")
     device = resolve_device(cfg.trainer.device)
-    model, state, _ = model_from_checkpoint(
+    model, state, config = model_from_checkpoint(
         cfg.ckpt, use_ema=cfg.sample.ema, device=device, cfg=cfg, overrides=overrides
     )
     generator = torch.Generator(device=device).manual_seed(cfg.sample.seed)
     autocast = autocast_factory(device, str(cfg.trainer.precision))
+    pairs = sources_to_translate(cfg, config, model.spec, device) if model.spec.source_channels \
+        else None
+    if pairs is not None:
+        num = min(num, pairs["source"].shape[0])
     parts = []
     # Chunks of sample.batch_size bound the memory; the generator runs on across chunks, so
     # the images depend on the seed and the chunk size only.
     for start in tqdm(range(0, num, chunk), desc="sample", unit="chunk", disable=num <= chunk):
+        size = min(chunk, num - start)
+        cond = None if pairs is None else {"source": pairs["source"][start : start + size]}
         with autocast():
-            parts.append(model.sample(min(chunk, num - start), None, generator).float())
+            parts.append(model.sample(size, cond, generator).float())
     images = torch.cat(parts)
     out = RunLog(run_dir, tensorboard=False)
-    grid = out.grid(int(state["step"]), "sample", Grid(images, nrow=nrow))
+    shown = Grid(images, nrow=nrow)
+    if pairs is not None:  # rows of source | output (| target)
+        columns = [pairs["source"][:num], images, *([pairs["image"][:num]] if "image" in pairs
+                                                    else [])]
+        columns = [c.float().expand(-1, images.shape[1], -1, -1) if c.shape[1] == 1 else
+                   c.float()[:, : images.shape[1]] for c in columns]
+        shown = Grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns))
+    grid = out.grid(int(state["step"]), "sample", shown)
     if cfg.sample.individual:
         folder = run_dir / "samples" / "individual"
         folder.mkdir(parents=True, exist_ok=True)
@@ -53,3 +70,23 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
             save_image(image, folder / f"{i:05d}.png")
     log.info("Wrote %s", grid)
     return {"grid": str(grid), "num": num, "step": int(state["step"])}
+
+
+def sources_to_translate(
+    cfg: DictConfig, run_config: DictConfig, spec: DataSpec, device: torch.device
+) -> dict[str, Tensor]:
+    """Inputs of an image-to-image model: the images in ``sample.source`` (a folder), or
+    ``sample.num`` pairs of the run's data split ``eval.split``."""
+    if cfg.sample.source is None:
+        data = build_data(run_config.data)
+        batches = data.eval_batches(split=cfg.eval.split, device=device, limit=cfg.sample.num)
+        pairs = list(batches)
+        return {k: torch.cat([b[k] for b in pairs]) for k in ("source", "image")}
+    folder = Path(str(cfg.sample.source)).expanduser()
+    files = list_images(folder) if folder.is_dir() else []
+    require(bool(files), f"sample.source={folder} is not a folder with images (JPEG, PNG, ...). "
+            "Point it at a folder of source images, or leave it null to translate the run's "
+            "test split.")
+    prepare = SquareImage(spec.height, channels=spec.source_channels)
+    sources = torch.stack([prepare(path)["image"] for path in files[: cfg.sample.num]])
+    return {"source": sources.to(device).float() / 127.5 - 1.0}
