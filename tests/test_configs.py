@@ -63,7 +63,8 @@ RECIPES = GROUPS.get("recipe", [])
 
 # Small sizes for instantiation, applied only to keys a config actually has.
 SMALL_DATA = {"batch_size": 8, "num_train": 64, "num_test": 16, "resolution": 16}
-SMALL_MODEL = {"base_channels": 8, "latent_dim": 4, "iw_samples": 2}
+SMALL_MODEL = {"base_channels": 8, "latent_dim": 4, "iw_samples": 2, "d_base_channels": 8,
+               "d_layers": 1}
 # A few optimizer steps with a cheap final evaluation.
 CHEAP_EVAL = ["trainer.eval_limit=8", "model.iw_samples=2", "trainer.num_samples=4"]
 TINY = ["trainer.max_steps=2", *CHEAP_EVAL]

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, FAST_RUN
 
 from gentrain.engine.checkpoint import load_checkpoint
 
@@ -32,11 +33,11 @@ main()
 """
 
 
-def torchrun(args: list[str], cwd: Path,
-             entry: tuple[str, ...] = ("-m", "gentrain")) -> subprocess.CompletedProcess[str]:
+def torchrun(args: list[str], cwd: Path, entry: tuple[str, ...] = ("-m", "gentrain"),
+             base: list[str] = FAST) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         *entry, *FAST, *args],
+         *entry, *base, *args],
         cwd=cwd, text=True, capture_output=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -72,3 +73,46 @@ def test_ddp_nonfinite_weights_on_one_rank_stop_every_rank(tmp_path: Path) -> No
     assert result.stderr.count("gentrain: error: Non-finite weights at step 4") == 2, (
         result.stderr[-3000:])
     assert not list(tmp_path.rglob("last.pt")), "a non-finite checkpoint was written"
+
+
+# After training, every rank prints whether its weights equal rank 0's.
+COMPARE_WEIGHTS = """
+import torch
+import torch.distributed as dist
+from gentrain.cli import main
+from gentrain.engine.trainer import Trainer
+
+original = Trainer.fit
+
+def fit(self):
+    summary = original(self)
+    flat = torch.cat([p.detach().flatten() for p in self.model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, 0)
+    print(f"rank {self.dist.rank} weights equal rank 0: {torch.equal(flat, reference)}")
+    return summary
+
+Trainer.fit = fit
+main()
+"""
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_ddp_gan_wraps_each_network_and_keeps_the_ranks_in_step(tmp_path: Path,
+                                                                 accum: int) -> None:
+    """Two ranks, D and G each in their own DDP (no unused parameters), different data on
+    each rank: after 3 steps, with G reusing D's fakes (accum 1) or regenerating them (accum
+    2), both ranks hold the same weights."""
+    base = [*FAST_RUN, "model=gan", "model.base_channels=8", "model.latent_dim=8",
+            "trainer.eval_limit=8", "model.ema.decay=0.9"]
+    script = tmp_path / "compare.py"
+    script.write_text(COMPARE_WEIGHTS)
+    result = torchrun(["trainer.max_steps=3", f"trainer.grad_accum={accum}"], cwd=tmp_path,
+                      entry=(str(script),), base=base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 weights equal rank 0: True" in result.stdout, result.stdout[-2000:]
+    runs = [p.parent for p in (tmp_path / "outputs").rglob("summary.json")]
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["images_seen"] == 3 * accum * 8 * 2
+    state = load_checkpoint(runs[0])
+    assert set(state["ema"]["networks"]) == {"generator"}

@@ -314,8 +314,9 @@ class Trainer:
         fresh ones for phases that ask; phases of one micro-batch share one context."""
         accum = self.cfg.grad_accum
         shared: list[Batch] = []
-        contexts = [StepContext(step=self.step, max_steps=self.cfg.max_steps, micro=m)
-                    for m in range(accum)]
+        reuse = not (self._ddp and accum > 1)
+        contexts = [StepContext(step=self.step, max_steps=self.cfg.max_steps, micro=m,
+                                reuse_graphs=reuse) for m in range(accum)]
         for state in self.phases:
             for repeat in range(state.phase.repeats):
                 if state.phase.fresh_batch:

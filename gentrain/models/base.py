@@ -63,6 +63,10 @@ class StepContext:
     micro: int = 0  # micro-batch index under gradient accumulation
     repeat: int = 0  # which repeat of the phase
     scratch: dict[str, Any] = field(default_factory=dict)
+    #: Whether a later phase may backpropagate through a graph an earlier phase built (the
+    #: fakes). Not under DDP with gradient accumulation: there the reducer expects each
+    #: micro-batch's backward before the next micro-batch's forward, so the family regenerates.
+    reuse_graphs: bool = True
 
     @property
     def progress(self) -> float:

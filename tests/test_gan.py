@@ -1,0 +1,188 @@
+"""The GAN family on the multi-phase Trainer: phase ratios, isolation of D and G updates, fake
+reuse, EMA of G only, schedules per phase, every loss, resume and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import FAST_RUN, run_task
+from test_resume import interrupt_at
+
+from gentrain.engine.checkpoint import load_checkpoint
+from gentrain.engine.schedule import lr_multiplier, phase_schedule
+from gentrain.engine.trainer import Trainer
+from gentrain.errors import GentrainError
+from gentrain.models.gan import GAN
+
+GAN_FAST = [*FAST_RUN, "model=gan", "model.base_channels=8", "model.latent_dim=8",
+            "trainer.eval_limit=8"]
+WGAN = ["model.loss=wgan-gp", "model.critic_steps=3",
+        "model.optim.discriminator.betas=[0.0,0.9]", "model.optim.generator.betas=[0.0,0.9]"]
+
+
+def gan_task(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    return run_task(run_dir, overrides, base=GAN_FAST)
+
+
+def record_phase_steps(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Per optimizer step: the phase, and every parameter before and after the update."""
+    steps: list[dict[str, Any]] = []
+    original = Trainer._optimizer_step
+
+    def step(self: Trainer, state: Any, *args: Any) -> None:
+        before = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        original(self, state, *args)
+        after = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        steps.append({"phase": state.phase.name, "before": before, "after": after})
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step)
+    return steps
+
+
+def test_wgan_gp_runs_five_to_one_style_critic_updates_on_fresh_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 critic updates per generator update, each critic update on its own real batch."""
+    steps = record_phase_steps(monkeypatch)
+    result = gan_task(tmp_path, ["trainer.max_steps=2", *WGAN])
+    assert result["steps"] == 2
+    assert [s["phase"] for s in steps] == ["discriminator"] * 3 + ["generator"] \
+        + ["discriminator"] * 3 + ["generator"]
+    assert result["images_seen"] == 2 * (3 + 1) * 8  # 3 fresh critic batches + G's batch
+
+
+def test_a_d_step_leaves_g_unchanged_and_a_g_step_leaves_d_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = record_phase_steps(monkeypatch)
+    gan_task(tmp_path, ["trainer.max_steps=2"])
+    for s in steps:
+        other = "generator." if s["phase"] == "discriminator" else "discriminator."
+        mine = f"{s['phase']}."
+        assert all(torch.equal(s["before"][k], s["after"][k]) for k in s["before"]
+                   if k.startswith(other)), f"a {s['phase']} step changed {other}"
+        assert any(not torch.equal(s["before"][k], s["after"][k]) for k in s["before"]
+                   if k.startswith(mine)), f"a {s['phase']} step did not change {mine}"
+
+
+def test_the_g_step_reuses_the_fakes_of_the_d_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One generator forward per training step (and micro-batch), not one per phase."""
+    calls = {"n": 0}
+    original = GAN._generate
+
+    def counting(self: GAN, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GAN, "_generate", counting)
+    gan_task(tmp_path, ["trainer.max_steps=3", "trainer.grad_accum=2",
+                        "trainer.sample_every=100"])
+    assert calls["n"] == 3 * 2
+
+
+def test_the_ema_holds_only_the_generator(tmp_path: Path) -> None:
+    gan_task(tmp_path, ["trainer.max_steps=2", "model.ema.decay=0.9"])
+    state = load_checkpoint(tmp_path)
+    assert list(state["ema"]["networks"]) == ["generator"]
+    generator = {k.removeprefix("generator.") for k in state["model"] if k.startswith("generator.")}
+    assert set(state["ema"]["networks"]["generator"]) == generator
+
+
+def test_a_repeated_critic_warms_up_at_the_same_training_step_as_the_generator(
+    tmp_path: Path
+) -> None:
+    """warmup_steps counts training steps for every phase: the last critic update of each
+    training step runs at the generator's LR of that step, and the trainer uses that schedule
+    (3 critic updates per step, warmup 4: the critic's LR after step s is min(1, (3s + 1) / 12))."""
+    def lr(repeats: int, update: int) -> float:
+        schedule = phase_schedule({"warmup_steps": 4}, repeats)
+        return lr_multiplier(max_steps=10 * repeats, **schedule)(update)
+
+    for step in range(10):
+        assert lr(5, 5 * step + 4) == pytest.approx(lr(1, step))
+    gan_task(tmp_path, ["trainer.max_steps=6", "trainer.log_every=1",
+                        "model.schedule.warmup_steps=4", *WGAN])
+    d_lrs = [row["lr/discriminator"] for row in _metrics(tmp_path) if "lr/discriminator" in row]
+    assert d_lrs[:4] == pytest.approx([2e-4 * min(1, (3 * s + 1) / 12) for s in range(1, 5)])
+
+
+def _metrics(run_dir: Path) -> list[dict[str, float]]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", ["minimax", "nonsaturating", "wgan-gp", "hinge"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_loss_trains_on_shapes_and_draws_a_grid(
+    tmp_path: Path, loss: str, conditional: bool
+) -> None:
+    result = gan_task(tmp_path, ["trainer.max_steps=2", f"model.loss={loss}",
+                                 f"model.conditional={str(conditional).lower()}"])
+    assert result["status"] == "completed"
+    metrics = result["final_metrics"]
+    assert all(torch.isfinite(torch.tensor(metrics[f"{p}/loss"]))
+               for p in ("discriminator", "generator"))
+    grid = Path(result["samples"]["samples"])
+    assert grid.is_file()
+
+
+def test_resnet_with_spectral_norm_and_hinge_trains(tmp_path: Path) -> None:
+    result = gan_task(tmp_path, ["trainer.max_steps=2", "model.arch=resnet",
+                                 "model.loss=hinge", "model.spectral_norm=true"])
+    assert result["status"] == "completed"
+
+
+def test_wgan_gp_resume_is_bitwise_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
+             "trainer.sample_every=100", "trainer.log_every=2", "model.ema.decay=0.9",
+             "model.schedule.warmup_steps=2", *WGAN]
+    straight = gan_task(tmp_path / "straight", setup)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 2)
+        assert gan_task(tmp_path / "resumed", setup)["steps"] == 2
+    resumed = gan_task(tmp_path / "resumed", [*setup, "resume=auto"])
+    assert resumed["images_seen"] == straight["images_seen"]
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, value in a["ema"]["networks"]["generator"].items():
+        assert torch.equal(value, b["ema"]["networks"]["generator"][key]), key
+
+
+def test_compile_with_the_gradient_penalty_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GentrainError, match="gradient penalty.*trainer.compile=false"):
+        gan_task(tmp_path, ["trainer.max_steps=1", "trainer.compile=true", *WGAN])
+
+
+def test_wgan_gp_with_a_batch_norm_critic_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GentrainError, match="d_norm=layer"):
+        gan_task(tmp_path, ["trainer.max_steps=1", "model.d_norm=batch", *WGAN])
+
+
+def test_clip_grad_per_phase_names_unknown_phases(tmp_path: Path) -> None:
+    with pytest.raises(GentrainError, match="critic"):
+        gan_task(tmp_path, ["trainer.max_steps=1", "trainer.clip_grad={critic:1.0}"])
+
+
+def test_the_penalty_runs_in_fp32_under_fp16_autocast(tmp_path: Path) -> None:
+    """precision=16 trains WGAN-GP with a finite penalty (computed in fp32, see adversarial)."""
+    result = gan_task(tmp_path, ["trainer.max_steps=2", "trainer.precision=16", *WGAN])
+    assert result["status"] == "completed"
+    assert torch.isfinite(torch.tensor(result["final_metrics"]["discriminator/gradient_penalty"]))
+
+
+def test_a_discriminator_that_wins_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from gentrain.data.batch import DataSpec
+
+    model = GAN(DataSpec("x", 3, 32, 32), base_channels=8, latent_dim=4)
+    warnings = [model.training_warnings({"discriminator/loss": 0.001}) for _ in range(3)]
+    assert warnings[0] == [] and warnings[1] == [] and "D wins" in warnings[2][0]
+    assert model.training_warnings({"discriminator/loss": 1.0}) == []
