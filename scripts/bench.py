@@ -39,6 +39,7 @@ from gentrain.data.seeding import derive_seed
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.errors import GentrainError
 from gentrain.models import build_model
+from gentrain.models.base import StepContext
 
 
 def compose_config(overrides: list[str]):  # noqa: ANN201
@@ -83,35 +84,53 @@ def next_batch(loader: Iterator, channels_last: bool) -> dict[str, torch.Tensor]
     return batch
 
 
+def training_step(model, loader, cfg, optimizers, autocast) -> int:  # noqa: ANN001
+    """One training step as the trainer runs it (phases, repeats, shared or fresh batches);
+    returns the images drawn. ``optimizers`` None: forward and backward only."""
+    shared: dict[str, torch.Tensor] | None = None
+    ctx, drawn = StepContext(), 0
+    for phase in model.phases:
+        for _ in range(phase.repeats):
+            if phase.fresh_batch or shared is None:
+                batch = next_batch(loader, cfg.trainer.channels_last)
+                drawn += batch["image"].shape[0]
+                shared = shared if phase.fresh_batch else batch
+            else:
+                batch = shared
+            if optimizers:
+                optimizers[phase.name].zero_grad(set_to_none=True)
+            with autocast():
+                loss = model.loss(batch, phase.name, ctx)["loss"]
+            loss.backward()
+            if optimizers:
+                optimizers[phase.name].step()
+    return drawn
+
+
 def bare_images_per_sec(overrides: list[str], steps: int, warmup: int) -> float:
     cfg, model, loader, device, autocast = bare_setup(overrides)
-    optimizer = instantiate(cfg.model.optim.main)(model.parameters())
+    optimizers = {p.name: instantiate(cfg.model.optim[p.name])(list(model.phase_parameters(p.name)))
+                  for p in model.phases}
+    images = 0
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = model.loss(next_batch(loader, cfg.trainer.channels_last), "main")["loss"]
-        loss.backward()
-        optimizer.step()
+            start, images = time.perf_counter(), 0
+        images += training_step(model, loader, cfg, optimizers, autocast)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * cfg.data.batch_size / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start)
 
 
 def flops_per_image(overrides: list[str]) -> float:
-    """Forward+backward FLOPs of one training loss per image (FlopCounterMode's count)."""
+    """Forward+backward FLOPs of one training step per image drawn (FlopCounterMode's count)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg, model, loader, _, autocast = bare_setup(overrides)
-    batch = next_batch(loader, cfg.trainer.channels_last)
     with FlopCounterMode(display=False) as counter:
-        with autocast():
-            loss = model.loss(batch, "main")["loss"]
-        loss.backward()
-    return counter.get_total_flops() / batch["image"].shape[0]
+        images = training_step(model, loader, cfg, None, autocast)
+    return counter.get_total_flops() / images
 
 
 def sampling_images_per_sec(overrides: list[str], count: int, repeats: int = 2) -> float:

@@ -1,16 +1,20 @@
-"""GAN generators and discriminators sized from the data: DCGAN and SNGAN-style ResNets.
+"""GAN generators and discriminators sized from the data: DCGAN and the SNGAN/WGAN-GP ResNets.
 
-DCGAN follows Radford et al.'s rules: strided (transposed) convolutions instead of pooling,
-batch norm in G and in D (not on G's output nor D's input layer), ReLU in G with a tanh
-output, LeakyReLU(0.2) in D, no fully connected hidden layers, weights N(0, 0.02). The ResNets
-are the CIFAR-10 networks of Gulrajani et al. (WGAN-GP) and Miyato et al. (SNGAN).
+DCGAN follows Radford et al.'s rules: strided (transposed) 4x4 convolutions instead of
+pooling, batch norm in G (not on its output layer) and in D (not on its input layer), ReLU in G
+with a tanh output, LeakyReLU(0.2) in D, no fully connected hidden layers (G starts with a 4x4
+transposed convolution of the latent, D ends with a 4x4 convolution to the logit), weights
+N(0, 0.02) and norm scales N(1, 0.02). The ResNets are the CIFAR-10 networks of Gulrajani et
+al. (WGAN-GP) and Miyato et al. (SNGAN), one residual block per doubling of the side.
 
-Conditional models embed the label in G (concatenated to z for DCGAN, class-conditional batch
-norm for the ResNet) and use a projection discriminator (Miyato & Koyama 2018): the logit is
-ψ(φ(x)) + ⟨embed(y), φ(x)⟩ with φ(x) the spatially summed last features.
+Conditional models (``num_classes > 0``) put the label into G (a learned embedding
+concatenated to z in DCGAN, class-conditional batch norm in the ResNet) and make D a
+projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + ⟨embed(y), Σ_xy h⟩, h being
+D's last feature map and ψ its unconditional output layer.
 
-28 px images (MNIST) are handled at 32 px: G crops its output to the centre 28×28 and D pads
-its input with -1 (black, the digits' background in [-1, 1]).
+28 px images (MNIST) are handled at 32 px: G generates 32x32 and keeps the centre 28x28, D
+pads its input back to 32x32 with the constant -1, the black background of digits in [-1, 1]
+(zero padding in [0, 1] pixel terms); reflection would mirror strokes into the border.
 """
 
 from __future__ import annotations
@@ -20,14 +24,26 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm as sn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from gentrain.errors import GentrainError, require
+from gentrain.errors import require
 
 ARCHS = ("dcgan", "resnet")
 D_NORMS = ("batch", "layer", "none")
+# Powers of two from 4x4 up; 28 runs at 32. 16 keeps the test suite's smoke runs cheap.
 SIZES = (16, 28, 32, 64, 128)
+# DCGAN's 64; 128 is WGAN-GP's CIFAR-10 G and D (the gan_cifar10 recipe) and SNGAN's D, whose
+# G is 256 wide: pass base_channels=256 to ResNetGenerator for it.
 DEFAULT_WIDTH = {"dcgan": 64, "resnet": 128}
+RESIDUAL_GAIN = math.sqrt(2.0)  # SNGAN's Glorot gain for the convs inside residual branches
+
+
+def _num_halvings(resolution: int) -> int:
+    """Stride-2 steps between a 4x4 map and the (working) side of ``resolution``."""
+    require(resolution in SIZES,
+            f"The GAN networks are built for sides of {', '.join(map(str, SIZES))} px (28 runs "
+            f"at 32), not {resolution}; set data.resolution to one of them.")
+    return int(math.log2(_working_side(resolution))) - 2
 
 
 def _working_side(resolution: int) -> int:
@@ -44,98 +60,144 @@ def _pad(images: Tensor, side: int) -> Tensor:
     return F.pad(images, (margin,) * 4, value=-1.0) if margin else images
 
 
+def _check_label(num_classes: int, label: Tensor | None) -> None:
+    """A label for a conditional network and none for the others (a mismatch is a caller bug)."""
+    if num_classes and label is None:
+        raise ValueError("This network is conditional (num_classes > 0) and needs labels.")
+    if not num_classes and label is not None:
+        raise ValueError("This network is unconditional (num_classes=0) but got labels.")
+
+
+def _project(embed: nn.Embedding | None, label: Tensor | None, features: Tensor) -> Tensor:
+    """The projection term ⟨embed(y), features⟩ per example, 0 for an unconditional D."""
+    if embed is None or label is None:
+        return features.new_zeros(())
+    return (embed(label) * features).sum(dim=1)
+
+
+def _spectral_norm(module: nn.Module) -> None:
+    """Spectral norm on every conv, linear and embedding weight of ``module`` (after init: the
+    parametrisation hides the raw weight from later ``nn.init`` calls)."""
+    for m in list(module.modules()):
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding):
+            _sn(m)
+
+
+# -- DCGAN --------------------------------------------------------------------------------------
+
+
 def _d_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels)  # per-sample: keeps WGAN-GP's penalty per sample
+    if kind == "layer":  # per sample, so WGAN-GP's per-sample gradient penalty stays per sample
+        return nn.GroupNorm(1, channels)
     return nn.Identity()
 
 
 def _dcgan_init(module: nn.Module) -> None:
+    """Radford et al.'s init: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear | nn.Embedding):
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm) and m.weight is not None:
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
 
-class Projection(nn.Module):
-    """The unconditional logit ψ(φ) plus, when conditional, the projection ⟨embed(y), φ⟩."""
-
-    def __init__(self, features: int, num_classes: int, spectral: bool) -> None:
-        super().__init__()
-        wrap = sn if spectral else (lambda m: m)
-        self.linear = wrap(nn.Linear(features, 1))
-        self.embed = wrap(nn.Embedding(num_classes, features)) if num_classes else None
-
-    def forward(self, features: Tensor, label: Tensor | None) -> Tensor:
-        logit = self.linear(features).squeeze(1)
-        if self.embed is not None:
-            require(label is not None, "A conditional discriminator needs labels.")
-            logit = logit + (self.embed(label) * features).sum(dim=1)
-        return logit
-
-
 class DCGANGenerator(nn.Module):
-    """z (and label) → a 4×4 map by a transposed convolution, then ×2 per level to the side."""
+    """z (B, latent_dim) [+ label (B,)] -> images (B, channels, resolution, resolution) in [-1, 1].
 
-    def __init__(
-        self, latent_dim: int, channels: int, resolution: int, base_channels: int = 64,
-        num_classes: int = 0,
-    ) -> None:
+    A 4x4 transposed conv of the latent (as a 1x1 map) to ``base_channels * 2**(n-1)`` channels,
+    then n stride-2 transposed convs halving the width, the last one to the image (n = 3 at
+    32 px). Conditional: the label's learned embedding, latent_dim wide and N(0, 1) like z
+    (torch's default), is concatenated to z, so neither dominates the first layer at init.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, resolution: int,
+                 base_channels: int = 64, num_classes: int = 0) -> None:
         super().__init__()
-        self.resolution = resolution
-        levels = int(math.log2(_working_side(resolution))) - 2  # 4 → side
+        self.resolution, self.num_classes = resolution, num_classes
+        ups = _num_halvings(resolution)
         self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
-        width = base_channels * 2 ** (levels - 1)
+        width = base_channels * 2 ** (ups - 1)
         in_dim = latent_dim * (2 if num_classes else 1)
+        # No conv bias before batch norm: its shift replaces it.
         layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, width, 4, 1, 0, bias=False),
                                    nn.BatchNorm2d(width), nn.ReLU()]
-        for _ in range(levels - 1):
+        for _ in range(ups - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width // 2), nn.ReLU()]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        _dcgan_init(self)
+        _dcgan_init(self.net)
 
     def forward(self, z: Tensor, label: Tensor | None = None) -> Tensor:
-        if self.embed is not None:
-            require(label is not None, "A conditional generator needs labels.")
+        _check_label(self.num_classes, label)
+        if self.embed is not None and label is not None:
             z = torch.cat([z, self.embed(label)], dim=1)
         return _crop(self.net(z[:, :, None, None]), self.resolution)
 
 
 class DCGANDiscriminator(nn.Module):
-    """Strided convolutions halving the side down to 4×4, then a 4×4 convolution's features
-    into the (projection) logit."""
+    """images (B, channels, resolution, resolution) [+ label (B,)] -> logits (B,).
 
-    def __init__(
-        self, channels: int, resolution: int, base_channels: int = 64, num_classes: int = 0,
-        norm: str = "batch", spectral: bool = False,
-    ) -> None:
+    Stride-2 4x4 convs from ``base_channels`` wide, doubling the width down to a 4x4 map h,
+    then a 4x4 conv to the logit. ``norm``: "batch" (DCGAN), "layer" (GroupNorm(1, C), the usual
+    replacement in a WGAN-GP critic, where batch norm would couple the samples) or "none".
+    Conditional: + ⟨embed(y), Σ_xy h⟩, embed N(0, 0.02) like the convs.
+    """
+
+    def __init__(self, channels: int, resolution: int, base_channels: int = 64,
+                 num_classes: int = 0, norm: str = "batch", spectral_norm: bool = False) -> None:
         super().__init__()
-        self.side = _working_side(resolution)
-        levels = int(math.log2(self.side)) - 2
-        wrap = sn if spectral else (lambda m: m)
+        require(norm in D_NORMS, f"model.d_norm={norm!r} is not one of {', '.join(D_NORMS)}.")
+        self.side, self.num_classes = _working_side(resolution), num_classes
         width = base_channels
-        layers: list[nn.Module] = [wrap(nn.Conv2d(channels, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
-        for _ in range(levels - 1):
-            layers += [wrap(nn.Conv2d(width, width * 2, 4, 2, 1, bias=norm == "none")),
-                       _d_norm(norm, width * 2), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        for _ in range(_num_halvings(resolution) - 1):
+            layers += [nn.Conv2d(width, 2 * width, 4, 2, 1, bias=norm == "none"),
+                       _d_norm(norm, 2 * width), nn.LeakyReLU(0.2)]
             width *= 2
         self.features = nn.Sequential(*layers)
-        self.head = Projection(width * 16, num_classes, spectral)  # the 4×4 "convolution"
+        self.out = nn.Conv2d(width, 1, 4)
+        self.embed = nn.Embedding(num_classes, width) if num_classes else None
         _dcgan_init(self)
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        if spectral_norm:
+            _spectral_norm(self)
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
-        return self.head(self.features(_pad(x, self.side)).flatten(1), label)
+        _check_label(self.num_classes, label)
+        h = self.features(_pad(x, self.side))
+        return self.out(h).flatten() + _project(self.embed, label, h.sum(dim=(2, 3)))
+
+
+# -- ResNets ------------------------------------------------------------------------------------
+
+
+def _glorot(module: nn.Conv2d | nn.Linear | nn.Embedding, gain: float = 1.0) -> nn.Module:
+    """SNGAN's init: Glorot-uniform weights (gain √2 in residual branches), zero biases."""
+    nn.init.xavier_uniform_(module.weight, gain)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    return module
+
+
+def _conv(cin: int, cout: int, kernel: int, gain: float = 1.0) -> nn.Module:
+    return _glorot(nn.Conv2d(cin, cout, kernel, 1, kernel // 2), gain)
+
+
+def _up(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 class ConditionalBatchNorm(nn.Module):
-    """Batch norm whose scale and shift depend on the class (1 and 0 at initialisation)."""
+    """Batch norm whose scale and shift are looked up per class (1 and 0 at initialisation, so
+    a fresh conditional G ignores the label until training makes the classes differ)."""
 
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
@@ -148,70 +210,80 @@ class ConditionalBatchNorm(nn.Module):
 
     def forward(self, x: Tensor, label: Tensor | None) -> Tensor:
         h = self.norm(x)
-        if self.gain is None or self.bias is None:
+        if self.gain is None or self.bias is None or label is None:
             return h
-        require(label is not None, "A conditional generator needs labels.")
         return h * self.gain(label)[:, :, None, None] + self.bias(label)[:, :, None, None]
 
 
 class UpBlock(nn.Module):
-    """BN-ReLU-up-conv3-BN-ReLU-conv3 with an upsampled 1×1 shortcut."""
+    """BN-ReLU-upsample-conv3-BN-ReLU-conv3, plus an upsampled 1x1-conv shortcut."""
 
     def __init__(self, width: int, num_classes: int) -> None:
         super().__init__()
-        self.bn1, self.bn2 = (ConditionalBatchNorm(width, num_classes) for _ in range(2))
-        self.conv1, self.conv2 = (nn.Conv2d(width, width, 3, 1, 1) for _ in range(2))
-        self.shortcut = nn.Conv2d(width, width, 1)
+        self.bn1 = ConditionalBatchNorm(width, num_classes)
+        self.conv1 = _conv(width, width, 3, RESIDUAL_GAIN)
+        self.bn2 = ConditionalBatchNorm(width, num_classes)
+        self.conv2 = _conv(width, width, 3, RESIDUAL_GAIN)
+        self.shortcut = _conv(width, width, 1)
 
     def forward(self, x: Tensor, label: Tensor | None) -> Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, label)), scale_factor=2)
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), label)))
-        return h + self.shortcut(F.interpolate(x, scale_factor=2))
+        h = self.conv1(_up(F.relu(self.bn1(x, label))))
+        h = self.conv2(F.relu(self.bn2(h, label)))
+        # The 1x1 conv commutes with nearest upsampling: apply it on 4x fewer pixels.
+        return h + _up(self.shortcut(x))
+
+
+class FirstDownBlock(nn.Module):
+    """SNGAN's "optimised" input block: conv3-ReLU-conv3-avgpool, shortcut avgpool-conv1 (no
+    ReLU on the image itself)."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(channels, width, 3, RESIDUAL_GAIN)
+        self.conv2 = _conv(width, width, 3, RESIDUAL_GAIN)
+        self.shortcut = _conv(channels, width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(x))), 2)
+        return h + self.shortcut(F.avg_pool2d(x, 2))
 
 
 class DownBlock(nn.Module):
-    """(ReLU-)conv3-ReLU-conv3(-avgpool) with a 1×1 shortcut; ``first`` is SNGAN's optimised
-    input block (no leading ReLU, shortcut pooled first)."""
+    """ReLU-conv3-ReLU-conv3 at constant width, then avgpool when ``down``; the shortcut is a 1x1
+    conv (pooled) when the block pools and the identity otherwise."""
 
-    def __init__(self, in_width: int, width: int, *, down: bool, first: bool,
-                 spectral: bool) -> None:
+    def __init__(self, width: int, down: bool) -> None:
         super().__init__()
-        wrap = sn if spectral else (lambda m: m)
-        self.conv1 = wrap(nn.Conv2d(in_width, width, 3, 1, 1))
-        self.conv2 = wrap(nn.Conv2d(width, width, 3, 1, 1))
-        learnable = down or in_width != width
-        self.shortcut = wrap(nn.Conv2d(in_width, width, 1)) if learnable else None
-        self.down, self.first = down, first
+        self.conv1 = _conv(width, width, 3, RESIDUAL_GAIN)
+        self.conv2 = _conv(width, width, 3, RESIDUAL_GAIN)
+        self.shortcut = _conv(width, width, 1) if down else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv2(F.relu(self.conv1(x if self.first else F.relu(x))))
-        if self.down:
-            h = F.avg_pool2d(h, 2)
-        skip = x
-        if self.first:
-            skip = self.shortcut(F.avg_pool2d(x, 2))  # type: ignore[misc]
-        elif self.shortcut is not None:
-            skip = self.shortcut(x)
-            skip = F.avg_pool2d(skip, 2) if self.down else skip
-        return h + skip
+        h = self.conv2(F.relu(self.conv1(F.relu(x))))
+        if self.shortcut is None:
+            return x + h
+        return F.avg_pool2d(h + self.shortcut(x), 2)  # pooling is linear: one pool for both
 
 
 class ResNetGenerator(nn.Module):
-    """Linear z → 4×4, one up-sampling residual block per doubling, BN-ReLU-conv3-tanh."""
+    """z (B, latent_dim) [+ label (B,)] -> images (B, channels, resolution, resolution) in [-1, 1].
 
-    def __init__(
-        self, latent_dim: int, channels: int, resolution: int, base_channels: int = 128,
-        num_classes: int = 0,
-    ) -> None:
+    Linear to a 4x4 map ``base_channels`` wide, one UpBlock per doubling (3 at 32 px), then
+    BN-ReLU-conv3-tanh. Conditional: every block's batch norms are class-conditional.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, resolution: int,
+                 base_channels: int = DEFAULT_WIDTH["resnet"], num_classes: int = 0) -> None:
         super().__init__()
-        self.resolution, self.width = resolution, base_channels
-        levels = int(math.log2(_working_side(resolution))) - 2
-        self.linear = nn.Linear(latent_dim, 4 * 4 * base_channels)
-        self.blocks = nn.ModuleList(UpBlock(base_channels, num_classes) for _ in range(levels))
+        self.resolution, self.num_classes, self.width = resolution, num_classes, base_channels
+        self.linear = _glorot(nn.Linear(latent_dim, 4 * 4 * base_channels))
+        self.blocks = nn.ModuleList(UpBlock(base_channels, num_classes)
+                                    for _ in range(_num_halvings(resolution)))
         self.out = nn.Sequential(nn.BatchNorm2d(base_channels), nn.ReLU(),
-                                 nn.Conv2d(base_channels, channels, 3, 1, 1), nn.Tanh())
+                                 _conv(base_channels, channels, 3), nn.Tanh())
 
     def forward(self, z: Tensor, label: Tensor | None = None) -> Tensor:
+        _check_label(self.num_classes, label)
         h = self.linear(z).view(-1, self.width, 4, 4)
         for block in self.blocks:
             h = block(h, label)
@@ -219,45 +291,62 @@ class ResNetGenerator(nn.Module):
 
 
 class ResNetDiscriminator(nn.Module):
-    """The optimised block, down blocks to 8×8, two blocks at 8×8, ReLU, sum pool, logit."""
+    """images (B, channels, resolution, resolution) [+ label (B,)] -> logits (B,).
 
-    def __init__(
-        self, channels: int, resolution: int, base_channels: int = 128, num_classes: int = 0,
-        spectral: bool = True,
-    ) -> None:
+    The optimised block, DownBlocks to 8x8, two more blocks at 8x8, ReLU, a sum over positions,
+    a linear logit (+ the projection when conditional). No normalisation layers: spectral norm
+    (SNGAN, on every conv, linear and embedding) or WGAN-GP's gradient penalty constrain D.
+    """
+
+    def __init__(self, channels: int, resolution: int,
+                 base_channels: int = DEFAULT_WIDTH["resnet"], num_classes: int = 0,
+                 spectral_norm: bool = True) -> None:
         super().__init__()
-        self.side = _working_side(resolution)
-        downs = int(math.log2(self.side)) - 3  # to 8×8
-        blocks = [DownBlock(channels, base_channels, down=True, first=True, spectral=spectral)]
-        blocks += [DownBlock(base_channels, base_channels, down=True, first=False,
-                             spectral=spectral) for _ in range(downs - 1)]
-        blocks += [DownBlock(base_channels, base_channels, down=False, first=False,
-                             spectral=spectral) for _ in range(2)]
-        self.blocks = nn.Sequential(*blocks)
-        self.head = Projection(base_channels, num_classes, spectral)
+        self.side, self.num_classes = _working_side(resolution), num_classes
+        downs = _num_halvings(resolution) - 1  # to 8x8, the first block included
+        self.blocks = nn.Sequential(
+            FirstDownBlock(channels, base_channels),
+            *(DownBlock(base_channels, down=True) for _ in range(downs - 1)),
+            DownBlock(base_channels, down=False),
+            DownBlock(base_channels, down=False),
+        )
+        self.linear = _glorot(nn.Linear(base_channels, 1))
+        self.embed = _glorot(nn.Embedding(num_classes, base_channels)) if num_classes else None
+        if spectral_norm:
+            _spectral_norm(self)
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
-        h = F.relu(self.blocks(_pad(x, self.side)))
-        return self.head(h.sum(dim=(2, 3)), label)
+        _check_label(self.num_classes, label)
+        h = F.relu(self.blocks(_pad(x, self.side))).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + _project(self.embed, label, h)
+
+
+# -- factory ------------------------------------------------------------------------------------
 
 
 def build_gan_networks(
     arch: str, latent_dim: int, channels: int, height: int, width: int, num_classes: int,
     base_channels: int | None, d_norm: str, spectral_norm: bool,
 ) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) for ``arch`` at the data's size."""
-    if arch not in ARCHS:
-        raise GentrainError(f"model.arch={arch!r} is not one of {', '.join(ARCHS)}.")
+    """(generator, discriminator) of ``arch`` for the data's size; ``base_channels=None`` takes
+    the architecture's default width (DEFAULT_WIDTH) for both networks."""
+    require(arch in ARCHS,
+            f"model.arch={arch!r} is not a GAN architecture; choose dcgan (Radford et al.'s "
+            f"all-convolutional networks) or resnet (the SNGAN / WGAN-GP CIFAR-10 ResNets).")
     require(height == width and height in SIZES,
-            f"The GAN networks are built for square {', '.join(map(str, SIZES))} px images "
-            f"(28 is padded to 32); the data is {height}x{width}. Set data.resolution to one "
-            "of them.")
+            f"The GAN networks (model.arch={arch}) need square images with a side of 16, 32, 64 "
+            f"or 128 px, or 28 (MNIST: G generates 32 px and crops the centre, D pads back to "
+            f"32), but the data is {height}x{width}; set data.resolution to one of these.")
     require(d_norm in D_NORMS, f"model.d_norm={d_norm!r} is not one of {', '.join(D_NORMS)}.")
-    base = base_channels or DEFAULT_WIDTH[arch]
+    require(base_channels is None or base_channels >= 1,
+            f"model.base_channels must be >= 1 (or null for the default), not {base_channels}.")
+    base = DEFAULT_WIDTH[arch] if base_channels is None else base_channels
     if arch == "dcgan":
         return (DCGANGenerator(latent_dim, channels, height, base, num_classes),
                 DCGANDiscriminator(channels, height, base, num_classes, d_norm, spectral_norm))
-    require(d_norm == "none", f"model.arch=resnet has no normalisation in D (spectral norm "
-            f"or the gradient penalty constrain it); model.d_norm={d_norm!r} must be none or auto.")
+    require(d_norm == "none",
+            f"model.arch=resnet's discriminator has no normalisation layers (spectral norm or "
+            f"WGAN-GP's gradient penalty constrain it, as in the papers); set model.d_norm=none "
+            f"or auto, not {d_norm!r}.")
     return (ResNetGenerator(latent_dim, channels, height, base, num_classes),
             ResNetDiscriminator(channels, height, base, num_classes, spectral_norm))

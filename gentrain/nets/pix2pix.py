@@ -1,8 +1,14 @@
 """pix2pix's networks (Isola et al. 2017): the U-Net generator and the PatchGAN discriminator.
 
-Layouts and initialisation follow the paper's appendix and its reference code: C64-…-C512
-encoder, CD512-…-C64 decoder with skips, 70×70 PatchGAN for three strided layers, weights
-N(0, 0.02). With batch norm the convolutions have no bias (the norm's shift replaces it).
+Layouts and initialisation follow the paper's appendix and its reference code
+(junyanz/pytorch-CycleGAN-and-pix2pix): encoder C64-C128-C256-C512-C512-C512-C512-C512,
+decoder CD512-CD512-CD512-C512-C256-C128-C64 with skip connections at 256 px, 70x70 PatchGAN
+for three strided layers, weights N(0, 0.02) and norm scales N(1, 0.02). With batch norm the
+convolutions have no bias (the norm's shift replaces it), with instance norm (no affine) they
+have one, as in the reference code, which also drops the bias of G's first conv.
+
+Dropout follows the paper: the first three decoder blocks (the reference code shifts them one
+block outwards, leaving the innermost without dropout and 32 px nets without any).
 """
 
 from __future__ import annotations
@@ -14,21 +20,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.errors import require
+from gentrain.nets.conv import padding
 
 NORMS = ("batch", "instance")
-MAX_MULTIPLIER = 8  # widths stop doubling at 8 × base (C512 for base 64)
-DROPOUT_BLOCKS = 3  # decoder blocks with dropout, next to the innermost (the paper's CD512 ×3)
+MAX_MULTIPLIER = 8  # widths stop doubling at 8 x base (C512 for base 64)
+DROPOUT_BLOCKS = 3  # innermost decoder blocks with dropout (the paper's CD512 x3)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    require(kind in NORMS, f"model.norm={kind!r} is not one of {', '.join(NORMS)}.")
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
 
 
+def _check_norm(norm: str) -> None:
+    require(norm in NORMS, f"model.norm={norm!r} is not one of {', '.join(NORMS)}.")
+
+
 def init_weights(module: nn.Module) -> None:
-    """The reference initialisation: convolutions N(0, 0.02), norm scales N(1, 0.02)."""
+    """The reference initialisation: convolutions N(0, 0.02), norm scales N(1, 0.02), biases 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, 0.02)
@@ -40,9 +50,12 @@ def init_weights(module: nn.Module) -> None:
 
 
 class SkipBlock(nn.Module):
-    """One U-Net level: down-convolve, run the inner levels, up-convolve, concatenate the input.
+    """One U-Net level, built from the inside out as in the reference: down-conv, the inner
+    levels, up-conv, then the level's input concatenated to the result (the skip connection).
 
-    ``inner`` is None at the innermost level; the outermost level maps to the output image.
+    The outermost level (``out_channels`` given) maps to the image through a tanh and has no
+    skip. The innermost (``inner`` None) has no norm after its down-conv: at full depth its
+    output is 1x1, which instance norm (or batch norm of one image) would set to zero.
     """
 
     def __init__(
@@ -56,10 +69,10 @@ class SkipBlock(nn.Module):
         down.append(nn.Conv2d(in_channels or outer, width, 4, 2, 1, bias=bias))
         if not (outermost or innermost):
             down.append(_norm(norm, width))
-        up_in = width if innermost else 2 * width
+        up_in = width if innermost else 2 * width  # the inner level's output has its skip
         up: list[nn.Module] = [nn.ReLU()]
-        if outermost:
-            up += [nn.ConvTranspose2d(up_in, out_channels, 4, 2, 1), nn.Tanh()]  # type: ignore[arg-type]
+        if out_channels is not None:
+            up += [nn.ConvTranspose2d(up_in, out_channels, 4, 2, 1), nn.Tanh()]
         else:
             up += [nn.ConvTranspose2d(up_in, outer, 4, 2, 1, bias=bias), _norm(norm, outer)]
             if dropout > 0:
@@ -76,56 +89,70 @@ class SkipBlock(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    """The pix2pix U-Net: ``num_down`` levels (log2 of the side: 8 at 256 px, 5 at 32 px).
+    """source (B, in_channels, resolution, resolution) -> (B, out_channels, same) in [-1, 1].
 
-    Sides that are not a power of two (28 px) are padded up and the output cropped back.
+    ``num_down`` levels (default: down to 1x1, log2 of the side, 8 at 256 px and 5 at 32 px),
+    ``base_channels * 2**level`` wide up to 8x base. Sides not divisible by ``2**num_down``
+    (28 px) are reflect-padded up and the output cropped back. Dropout is a plain nn.Dropout
+    in the first three decoder blocks: the paper's only noise source, kept on at test time
+    (:meth:`enable_dropout`).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, resolution: int, *, base_channels: int = 64,
+        self, in_channels: int, out_channels: int, resolution: int, base_channels: int = 64,
         norm: str = "batch", dropout: float = 0.5, num_down: int | None = None,
     ) -> None:
         super().__init__()
-        self.resolution = resolution
-        self.padded = 2 ** math.ceil(math.log2(resolution))
-        num_down = num_down or int(math.log2(self.padded))
-        require(1 <= num_down <= math.log2(self.padded),
-                f"model.num_down={num_down} must be between 1 and {int(math.log2(self.padded))} "
-                f"for {resolution} px images (each level halves the side).")
+        _check_norm(norm)
+        require(0.0 <= dropout < 1.0, f"model.dropout must be in [0, 1), not {dropout}.")
+        full_depth = math.ceil(math.log2(resolution))
+        num_down = full_depth if num_down is None else num_down
+        require(1 <= num_down <= full_depth,
+                f"model.num_down={num_down} must be between 1 and {full_depth} for {resolution} "
+                f"px images (each level halves the side, down to 1x1 at {full_depth}).")
+        self.resolution, self.num_down = resolution, num_down
+        self.pad = padding(resolution, num_down)
 
-        def width(depth: int) -> int:
-            return base_channels * min(2**depth, MAX_MULTIPLIER)
+        def width(level: int) -> int:
+            return base_channels * min(2**level, MAX_MULTIPLIER)
 
         block: nn.Module | None = None
-        for depth in range(num_down - 1, 0, -1):  # from the innermost level outwards
-            level_from_inner = num_down - 1 - depth
-            drop = dropout if 1 <= level_from_inner <= DROPOUT_BLOCKS else 0.0
-            block = SkipBlock(width(depth - 1), width(depth), block, norm=norm, dropout=drop)
+        for level in reversed(range(1, num_down)):  # from the innermost level outwards
+            drop = dropout if num_down - 1 - level < DROPOUT_BLOCKS else 0.0
+            block = SkipBlock(width(level - 1), width(level), block, norm=norm, dropout=drop)
         self.net = SkipBlock(out_channels, width(0), block, norm=norm,
                              in_channels=in_channels, out_channels=out_channels)
         init_weights(self)
 
     def forward(self, source: Tensor) -> Tensor:
-        pad = self.padded - self.resolution
-        if pad:
-            source = F.pad(source, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2),
-                           mode="reflect")
-        out = self.net(source)
-        if pad:
-            keep = slice(pad // 2, pad // 2 + self.resolution)
-            out = out[..., keep, keep]
-        return out
+        before, after = self.pad
+        if after:
+            source = F.pad(source, (before, after, before, after), mode="reflect")
+        keep = slice(before, before + self.resolution)
+        return self.net(source)[..., keep, keep]
+
+    def enable_dropout(self) -> None:
+        """Dropout on and everything else as it is (eval mode keeps batch norm's running
+        statistics): the paper samples with dropout, which ``eval()`` alone switches off."""
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.train()
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN: one logit per overlapping patch of the (source, image) pair, 70×70 for three
-    strided layers."""
+    """(source, image) pairs concatenated on channels (B, in_channels, H, W) -> logits
+    (B, 1, h, w), one per overlapping patch: 70x70 patches and a 30x30 map at 256 px for
+    ``num_layers=3``.
 
-    def __init__(
-        self, in_channels: int, *, base_channels: int = 64, num_layers: int = 3,
-        norm: str = "batch",
-    ) -> None:
+    ``num_layers`` stride-2 4x4 convs from ``base_channels`` wide (no norm on the first), one
+    stride-1 4x4 conv doubling the width once more (8x base at most), and a stride-1 4x4 conv
+    to one channel; LeakyReLU(0.2) between them.
+    """
+
+    def __init__(self, in_channels: int, base_channels: int = 64, num_layers: int = 3,
+                 norm: str = "batch") -> None:
         super().__init__()
+        _check_norm(norm)
         require(num_layers >= 1, f"model.d_layers must be at least 1, not {num_layers}.")
         bias = norm == "instance"
         layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, 2, 1),
@@ -146,7 +173,11 @@ class PatchDiscriminator(nn.Module):
 
 
 def receptive_field(num_layers: int) -> int:
-    """Side of the input patch one PatchGAN logit sees (70 for three strided layers)."""
+    """Side of the input patch one PatchGAN logit sees: 16, 34, 70, 142, 286 for 1 to 5 layers.
+
+    Walking back from one output pixel, a layer of kernel k and stride s widens a field f to
+    (f - 1) s + k.
+    """
     layers = [(4, 2)] * num_layers + [(4, 1), (4, 1)]  # (kernel, stride), input to output
     field = 1
     for kernel, stride in reversed(layers):
