@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import FAST_RUN, run_task
-from test_resume import interrupt_at
+from test_resume import straight_and_resumed
 
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.schedule import lr_multiplier, phase_schedule
@@ -144,12 +144,7 @@ def test_wgan_gp_resume_is_bitwise_identical(
     setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
              "trainer.sample_every=100", "trainer.log_every=2", "model.ema.decay=0.9",
              "model.schedule.warmup_steps=2", *WGAN]
-    straight = gan_task(tmp_path / "straight", setup)
-    with monkeypatch.context() as patch:
-        interrupt_at(patch, 2)
-        assert gan_task(tmp_path / "resumed", setup)["steps"] == 2
-    resumed = gan_task(tmp_path / "resumed", [*setup, "resume=auto"])
-    assert resumed["images_seen"] == straight["images_seen"]
+    straight_and_resumed(gan_task, tmp_path, setup, monkeypatch, at=2)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

@@ -12,7 +12,7 @@ import torch
 from conftest import FAST_RUN, run_task
 from data_fixtures import write_pix2pix_tarball
 from PIL import Image
-from test_resume import interrupt_at
+from test_resume import straight_and_resumed
 
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
@@ -118,12 +118,7 @@ def test_pix2pix_resume_is_bitwise_identical(
 ) -> None:
     setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
              "trainer.sample_every=100", "trainer.log_every=2"]
-    straight = p2p_task(tmp_path / "straight", setup)
-    with monkeypatch.context() as patch:
-        interrupt_at(patch, 2)
-        assert p2p_task(tmp_path / "resumed", setup)["steps"] == 2
-    resumed = p2p_task(tmp_path / "resumed", [*setup, "resume=auto"])
-    assert resumed["images_seen"] == straight["images_seen"]
+    straight, resumed = straight_and_resumed(p2p_task, tmp_path, setup, monkeypatch, at=2)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,6 +38,21 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(Trainer, "_cadences", cadences)
+
+
+def straight_and_resumed(
+    task: Callable[[Path, list[str]], dict[str, Any]], tmp_path: Path, setup: list[str],
+    monkeypatch: pytest.MonkeyPatch, at: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Summaries of a straight run and of one stopped by SIGTERM after step ``at`` and resumed;
+    their checkpoints are in tmp_path/straight and tmp_path/resumed."""
+    straight = task(tmp_path / "straight", setup)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, at)
+        assert task(tmp_path / "resumed", setup)["steps"] == at
+    resumed = task(tmp_path / "resumed", [*setup, "resume=auto"])
+    assert resumed["images_seen"] == straight["images_seen"]
+    return straight, resumed
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

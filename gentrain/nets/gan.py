@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 from gentrain.errors import require
+from gentrain.nets.init import normal_init
 
 ARCHS = ("dcgan", "resnet")
 D_NORMS = ("batch", "layer", "none")
@@ -94,18 +95,6 @@ def _d_norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _dcgan_init(module: nn.Module) -> None:
-    """Radford et al.'s init: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
 class DCGANGenerator(nn.Module):
     """z (B, latent_dim) [+ label (B,)] -> images (B, channels, resolution, resolution) in [-1, 1].
 
@@ -132,7 +121,7 @@ class DCGANGenerator(nn.Module):
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        _dcgan_init(self.net)
+        normal_init(self.net)
 
     def forward(self, z: Tensor, label: Tensor | None = None) -> Tensor:
         _check_label(self.num_classes, label)
@@ -164,7 +153,7 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out = nn.Conv2d(width, 1, 4)
         self.embed = nn.Embedding(num_classes, width) if num_classes else None
-        _dcgan_init(self)
+        normal_init(self)
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
         if spectral_norm:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from gentrain.errors import require
 from gentrain.nets.conv import padding
+from gentrain.nets.init import normal_init
 
 NORMS = ("batch", "instance")
 MAX_MULTIPLIER = 8  # widths stop doubling at 8 x base (C512 for base 64)
@@ -35,18 +36,6 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 def _check_norm(norm: str) -> None:
     require(norm in NORMS, f"model.norm={norm!r} is not one of {', '.join(NORMS)}.")
-
-
-def init_weights(module: nn.Module) -> None:
-    """The reference initialisation: convolutions N(0, 0.02), norm scales N(1, 0.02), biases 0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 class SkipBlock(nn.Module):
@@ -122,7 +111,7 @@ class UNetGenerator(nn.Module):
             block = SkipBlock(width(level - 1), width(level), block, norm=norm, dropout=drop)
         self.net = SkipBlock(out_channels, width(0), block, norm=norm,
                              in_channels=in_channels, out_channels=out_channels)
-        init_weights(self)
+        normal_init(self)
 
     def forward(self, source: Tensor) -> Tensor:
         before, after = self.pad
@@ -166,7 +155,7 @@ class PatchDiscriminator(nn.Module):
             width = wider
         layers.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)
-        init_weights(self)
+        normal_init(self)
 
     def forward(self, pair: Tensor) -> Tensor:
         return self.net(pair)
