@@ -18,10 +18,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gentrain.engine.distributed import shutdown_distributed
 from gentrain.errors import GentrainError
+from gentrain.sweeps.jobs import finished_summary, objective
+from gentrain.sweeps.naming import safe_name, with_sweep_name
 
 log = logging.getLogger("gentrain")
 
@@ -42,6 +45,11 @@ def run_stamp() -> str:
 
 
 OmegaConf.register_new_resolver("gentrain_stamp", run_stamp, replace=True)
+OmegaConf.register_new_resolver("gentrain_dirname", safe_name, replace=True)
+
+
+class JobFailed(Exception):
+    """A sweep's job stopped on bad input; the sweeper records it and the message says why."""
 
 
 def _tasks(overrides: Sequence[str]) -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
@@ -58,7 +66,7 @@ def _tasks(overrides: Sequence[str]) -> dict[str, Callable[[DictConfig, Path], d
 # Top-level keys of configs/train.yaml and its groups; experiment and recipe files merge into
 # these, so a typo in one of them (e.g. `seeed: 1`) is caught here instead of being ignored.
 TOP_LEVEL_KEYS = frozenset(
-    {"task", "seed", "resume", "ckpt", "run_name", "sample", "eval",
+    {"task", "seed", "resume", "ckpt", "run_name", "sweep_name", "sample", "eval",
      "model", "data", "trainer", "logger"}
 )
 
@@ -87,13 +95,26 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gentrain.configs", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Run the task; return the monitored metric, the objective of a sweeper such as Optuna."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    if in_sweep and cfg.task == "train":
+        finished = finished_summary(run_dir)
+        if finished is not None:
+            log.info("%s trained to the end before; reusing its result (delete its "
+                     "summary.json to train it again).", run_dir)
+            return objective(finished)
+        if cfg.resume is None:
+            with open_dict(cfg):
+                cfg.resume = "auto"  # a re-run sweep continues an interrupted job
     try:
         result = run(cfg, run_dir, overrides=list(hydra_config.overrides.task))
     except GentrainError as error:
         print(f"gentrain: error: {error}", file=sys.stderr)
+        if in_sweep:  # the sweeper records the failure (Optuna goes on with other trials)
+            raise JobFailed(str(error)) from None
         sys.exit(2)
     finally:
         shutdown_distributed()
@@ -102,6 +123,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         log.info("Stopped by %s; checkpoint saved. Continue with: resume=auto "
                  "hydra.run.dir=%s", stop_signal, run_dir)
         sys.exit(128 + signal.Signals[stop_signal].value)  # the status a shell reports
+    return objective(result) if cfg.task == "train" else None
 
 
 def main() -> None:
@@ -110,6 +132,8 @@ def main() -> None:
 
     # `task=sample ckpt=RUN model.sampler.steps=50`: the checkpoint names the model group.
     sys.argv[1:] = checkpoint_model_choice(sys.argv[1:])
+    # `gentrain -m ...`: a sweep directory named from the command, so a re-run resumes it.
+    sys.argv[1:] = with_sweep_name(sys.argv[1:])
     _hydra_main()
 
 

@@ -287,7 +287,7 @@ def test_eval_cadence_keeps_best_and_the_end_repeats_nothing(
     eval_rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().split("\n")
                  if "eval/nll_elbo_nats" in line]
     best = min(eval_rows, key=lambda row: row["eval/nll_elbo_nats"])
-    assert result["best"] == {"metric": "eval/nll_elbo_nats",
+    assert result["best"] == {"metric": "eval/nll_elbo_nats", "mode": "min",
                               "value": best["eval/nll_elbo_nats"], "step": best["step"]}
     assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == best["step"]
     assert writes.count("last.pt") == 2  # once per step that saved (2 for best, 4), never twice

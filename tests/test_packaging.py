@@ -28,9 +28,11 @@ def pyproject() -> dict[str, Any]:
 
 
 def source_packages() -> set[str]:
-    """Dotted names of every directory under gentrain/ that has an __init__.py."""
+    """Dotted names of every directory under gentrain/ and hydra_plugins/ (gentrain's Hydra
+    plugins) that has an __init__.py."""
     return {".".join(init.parent.relative_to(REPO).parts)
-            for init in (REPO / "gentrain").rglob("__init__.py")
+            for root in ("gentrain", "hydra_plugins")
+            for init in (REPO / root).rglob("__init__.py")
             if "__pycache__" not in init.parts}
 
 
@@ -94,7 +96,7 @@ def test_wheel_contains_packages_and_configs(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("gentrain", "configs"):
+    for name in ("gentrain", "hydra_plugins", "configs"):
         shutil.copytree(REPO / name, source / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (REPO / name).is_file():

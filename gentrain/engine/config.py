@@ -33,6 +33,10 @@ class TrainerConfig:
     ckpt_every: int = 500
     eval_every: int | None = None
     eval_limit: int | None = 1000
+    eval_sample_quality: bool = False
+    eval_num_samples: int = 5000
+    monitor: str | None = None
+    monitor_mode: str = "auto"
     keep_last: int = 3
     num_samples: int = 64
     max_nonfinite: int = 10
@@ -55,7 +59,7 @@ class TrainerConfig:
                 "GradScaler)."
             )
         for key in ("max_steps", "grad_accum", "log_every", "sample_every", "ckpt_every",
-                    "num_samples", "max_nonfinite"):
+                    "num_samples", "max_nonfinite", "eval_num_samples"):
             if getattr(self, key) < 1:
                 raise GentrainError(f"trainer.{key} must be at least 1, not {getattr(self, key)}.")
         for key in ("eval_every", "eval_limit"):

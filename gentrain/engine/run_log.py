@@ -54,6 +54,15 @@ class RunLog:
         tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.run_dir / "summary.json")
 
+    def curves(self, title: str) -> Path | None:
+        """``curves.png``: every metric of metrics.jsonl over steps."""
+        if not self.enabled:
+            return None
+        from gentrain.plots import plot_training_curves  # matplotlib only when plotting
+
+        return plot_training_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
+                                    title=title)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -40,6 +40,7 @@ from gentrain.engine.distributed import (
 )
 from gentrain.engine.ema import EMA
 from gentrain.engine.evaluation import evaluate_model
+from gentrain.engine.monitor import resolve_monitor
 from gentrain.engine.optim import load_optimizer_state
 from gentrain.engine.phase import PhaseState
 from gentrain.engine.run_log import RunLog
@@ -138,6 +139,8 @@ class Trainer:
         self.images_seen = 0
         self.train_time = 0.0
         self.best: dict[str, Any] | None = None
+        self.monitor = resolve_monitor(config.monitor, config.monitor_mode, model.monitor)
+        self._monitor_missing_warned = False
         self.last_metrics: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         self._sums: dict[str, Tensor] = {}
@@ -300,6 +303,7 @@ class Trainer:
         self.save(periodic=status == "completed")
         summary = {**self._summary(status), "stop_signal": stop_signal}
         self.log.summary(summary)
+        self.log.curves(f"{self.model.family} on {self.data.spec.name}")
         self.log.close()
         return summary
 
@@ -464,15 +468,23 @@ class Trainer:
         return metrics
 
     def _evaluate_and_track(self) -> bool:
-        """Evaluate, log, and say whether the family's monitored metric improved."""
+        """Evaluate, log, and say whether the monitored metric improved."""
         self.last_eval = self.evaluate()
         self._done_at["eval"] = self.step
         self.log.scalars(self.step, self.last_eval)
-        monitor = self.model.monitor
-        value = self.last_eval.get(f"eval/{monitor}") if monitor else None
-        if value is None or (self.best is not None and value >= self.best["value"]):
+        if self.monitor is None:
             return False
-        self.best = {"metric": f"eval/{monitor}", "value": value, "step": self.step}
+        value = self.last_eval.get(self.monitor.metric)
+        if value is None:
+            if not self._monitor_missing_warned and self.dist.is_main:
+                log.warning("The monitored metric %s is not among this evaluation's (%s); no "
+                            "best.pt is kept. Set trainer.monitor to one of them.",
+                            self.monitor.metric, ", ".join(sorted(self.last_eval)) or "none")
+            self._monitor_missing_warned = True
+            return False
+        if not self.monitor.improved(value, self.best):
+            return False
+        self.best = self.monitor.record(value, self.step)
         return True
 
     def _final_outputs(self) -> None:
@@ -480,6 +492,14 @@ class Trainer:
             self.save(best=True)
         if self._done_at.get("visuals") != self.step:
             self._write_visuals()
+
+    def _monitor_summary(self) -> dict[str, Any] | None:
+        """The monitored metric's best value (or, with no best, its last one): a sweep's
+        objective."""
+        if self.monitor is None:
+            return None
+        value = (self.best or {}).get("value", self.last_eval.get(self.monitor.metric))
+        return {"metric": self.monitor.metric, "mode": self.monitor.mode, "value": value}
 
     def _summary(self, status: str) -> dict[str, Any]:
         return {
@@ -498,6 +518,7 @@ class Trainer:
             "final_metrics": self.last_metrics,
             "eval": self.last_eval,
             "best": self.best,
+            "monitor": self._monitor_summary(),
             "samples": self.latest_grids,
             "checkpoint": str(self.ckpt_dir / ckpt.LAST),
             "gentrain_version": gentrain.__version__,

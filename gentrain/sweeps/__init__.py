@@ -1,0 +1,1 @@
+"""Hydra multirun sweeps that name their directories from the command and resume themselves."""
