@@ -126,8 +126,19 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return objective(result) if cfg.task == "train" else None
 
 
+def register_plugins() -> None:
+    """Register gentrain's Hydra plugins by hand: Hydra finds plugins by scanning the
+    ``hydra_plugins`` namespace, which an editable install's import hook hides from it."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.gentrain_sweepers.optuna_sweeper import ResumableOptunaSweeper
+
+    Plugins.instance().register(ResumableOptunaSweeper)
+
+
 def main() -> None:
     """Console-script entry point."""
+    register_plugins()
     from gentrain.tasks.inference import checkpoint_model_choice
 
     # `task=sample ckpt=RUN model.sampler.steps=50`: the checkpoint names the model group.

@@ -281,6 +281,7 @@ class Trainer:
             disable=not (cfg.progress and self.dist.is_main), desc=self.model.family,
         )
         status, stop_signal = "completed", None
+        self.start_step = self.step  # above 0 after a resume
         self._mark = (time.perf_counter(), self.images_seen)
         with StopRequest() as stop:
             while self.step < cfg.max_steps:
@@ -507,6 +508,7 @@ class Trainer:
             "family": self.model.family,
             "data": self.data.spec.name,
             "steps": self.step,
+            "resumed_from_step": self.start_step,
             "step_unit": f"optimizer steps of phase '{self.phases[-1].phase.name}'",
             "images_seen": self.images_seen,
             "wall_time_s": round(self.train_time, 3),

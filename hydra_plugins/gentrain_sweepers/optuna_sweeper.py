@@ -63,12 +63,13 @@ class ResumableOptunaSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
-        sampler = (optuna.samplers.TPESampler(seed=self.seed) if self.sampler_name == "tpe"
-                   else optuna.samplers.RandomSampler(seed=self.seed))
         study = optuna.create_study(
-            study_name=self.study_name, storage=self.storage, sampler=sampler,
+            study_name=self.study_name, storage=self.storage, sampler=self._sampler(0),
             direction=self.direction, load_if_exists=True,
         )
+        if study.trials:  # resumed: a sampler seeded as before would repeat the first trials
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage,
+                                      sampler=self._sampler(len(study.trials)))
         requeue_interrupted(study)
         done = finished_trials(study)
         log.info("Optuna study %r (%s): %d of %d trials done.", self.study_name,
@@ -96,8 +97,17 @@ class ResumableOptunaSweeper(Sweeper):
         write_results(study, sweep_dir / "optimization_results.yaml")
 
 
+    def _sampler(self, offset: int) -> Any:
+        import optuna
+
+        seed = None if self.seed is None else self.seed + offset
+        return (optuna.samplers.TPESampler(seed=seed) if self.sampler_name == "tpe"
+                else optuna.samplers.RandomSampler(seed=seed))
+
+
 def search_space(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """Optuna distributions of the sweep overrides; the other overrides stay fixed."""
+    """Optuna distributions of the sweep overrides; the other overrides stay fixed. A key given
+    twice takes its last value (the command line's beats the preset's ``params``)."""
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -105,11 +115,13 @@ def search_space(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     )
 
     space: dict[str, Any] = {}
-    fixed: list[str] = []
+    fixed: dict[str, str] = {}
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key, value = override.get_key_element(), override.value()
+        space.pop(key, None)  # a later override of a key (the command line) beats an earlier
+        fixed.pop(key, None)
         if not override.is_sweep_override():
-            fixed.append(f"{key}={override.get_value_element_as_str()}")
+            fixed[key] = f"{key}={override.get_value_element_as_str()}"
         elif isinstance(value, IntervalSweep):
             space[key] = FloatDistribution(value.start, value.end, log="log" in value.tags)
         elif isinstance(value, RangeSweep) and all(
@@ -123,7 +135,7 @@ def search_space(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
             raise ValueError(f"Cannot turn the sweep override {override.input_line!r} into a "
                              "search space: use interval(), tag(log, interval()), range() or "
                              "choice().")
-    return space, fixed
+    return space, list(fixed.values())
 
 
 def _choices(override: Override) -> list[Any]:
