@@ -48,6 +48,7 @@ from gentrain.engine.schedule import SCHEDULE_KEYS, schedule_in_steps
 from gentrain.engine.signals import StopRequest
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel, StepContext
+from gentrain.sample_quality.evaluate import SampleQuality
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,11 @@ class Trainer:
         self, *, model: GenerativeModel, data: DataModule, config: TrainerConfig,
         family: FamilyTraining, run_dir: Path, seed: int, config_yaml: str, dist: DistEnv,
         device: torch.device, tensorboard: bool = True,
+        sample_quality: SampleQuality | None = None,
     ) -> None:
         self.data, self.run_dir, self.seed = data, run_dir, seed
+        self.sample_quality = sample_quality  # FID/KID/IS at each evaluation (when set)
+        self.sample_quality_protocol: dict[str, Any] | None = None
         self.config_yaml, self.dist, self.device = config_yaml, dist, device
         self.loader = data.train_loader(
             device=device, seed=seed, rank=dist.rank, world_size=dist.world_size
@@ -465,6 +469,13 @@ class Trainer:
             limit=self.cfg.eval_limit, rank=self.dist.rank, world_size=self.dist.world_size,
             progress=self.cfg.progress and self.dist.is_main,
         )
+        if self.sample_quality is not None:
+            values, self.sample_quality_protocol = self.sample_quality(
+                self.sampling_model, rank=self.dist.rank, world_size=self.dist.world_size,
+                num_samples=self.cfg.eval_num_samples, autocast=self.autocast,
+                progress=self.cfg.progress and self.dist.is_main,
+            )
+            metrics.update(values)
         self.model.train()  # an EMA model shares the networks it does not average
         return metrics
 
@@ -479,7 +490,8 @@ class Trainer:
         if value is None:
             if not self._monitor_missing_warned and self.dist.is_main:
                 log.warning("The monitored metric %s is not among this evaluation's (%s); no "
-                            "best.pt is kept. Set trainer.monitor to one of them.",
+                            "best.pt is kept. Set trainer.monitor to one of them, or "
+                            "trainer.eval_sample_quality=true for FID/KID/IS.",
                             self.monitor.metric, ", ".join(sorted(self.last_eval)) or "none")
             self._monitor_missing_warned = True
             return False
@@ -521,6 +533,7 @@ class Trainer:
             "eval": self.last_eval,
             "best": self.best,
             "monitor": self._monitor_summary(),
+            "sample_quality_protocol": self.sample_quality_protocol,
             "samples": self.latest_grids,
             "checkpoint": str(self.ckpt_dir / ckpt.LAST),
             "gentrain_version": gentrain.__version__,

@@ -90,8 +90,11 @@ class GenerativeModel(nn.Module):
     """
 
     family: str = "base"
-    #: ``evaluate`` key whose lowest value marks ``best.pt`` (None: no best checkpoint).
+    #: Evaluation key whose best value marks ``best.pt`` (None: no best checkpoint); its
+    #: direction is looked up (gentrain.engine.monitor), ``trainer.monitor`` overrides it.
     monitor: str | None = None
+    #: Sample-quality metrics (fid, kid, is) that task=eval computes by default.
+    sample_quality_metrics: tuple[str, ...] = ()
     #: Model config keys that change only how the family samples or evaluates, never the
     #: network: ``task=sample`` / ``task=eval`` take them from the command line.
     inference_keys: tuple[str, ...] = ()

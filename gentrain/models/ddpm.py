@@ -65,6 +65,7 @@ class DDPM(GenerativeModel):
 
     family = "ddpm"
     monitor = "bits_per_dim"
+    sample_quality_metrics = ("fid", "kid", "is")
     inference_keys = ("sampler", "grid_sampler", "vb_timesteps")
 
     def __init__(

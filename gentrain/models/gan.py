@@ -52,6 +52,10 @@ class GAN(GenerativeModel):
     """A generator G(z, y) and a discriminator D(x, y) playing the adversarial game."""
 
     family = "gan"
+    #: FID needs trainer.eval_sample_quality=true (and the Inception weights) during training;
+    #: without it a GAN keeps no best.pt.
+    monitor = "fid"
+    sample_quality_metrics = ("fid", "kid", "is")
     ema_networks = ("generator",)
 
     def __init__(

@@ -49,6 +49,7 @@ class Pix2Pix(GenerativeModel):
 
     family = "pix2pix"
     monitor = "l1"
+    sample_quality_metrics = ("fid",)  # of outputs vs targets
 
     def __init__(
         self,

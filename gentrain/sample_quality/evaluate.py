@@ -118,7 +118,7 @@ class SampleQuality:
                    if k not in LOADER_KEYS and k != "_target_"}
         digest = hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode())
         spec = self.data.spec
-        name = (f"{spec.name}-{self.settings.reference_split}-{spec.resolution}px-"
+        name = (f"{spec.name}-{self.settings.reference_split}-{spec.height}px-"
                 f"{self.extractor.name}-{digest.hexdigest()[:10]}.pt")
         root = (Path(self.settings.reference_cache) if self.settings.reference_cache
                 else cache_dir(resolve_root(data_cfg.get("root"))) / "reference_features")
@@ -130,7 +130,7 @@ class SampleQuality:
                 "num_generated": num_generated, "num_reference": num_reference,
                 "reference": {"dataset": self.data.spec.name,
                               "split": self.settings.reference_split,
-                              "resolution": self.data.spec.resolution},
+                              "resolution": self.data.spec.height},
                 "kid_subsets": self.settings.kid_subsets,
                 "kid_subset_size": self.settings.kid_subset_size,
                 "is_splits": self.settings.is_splits,

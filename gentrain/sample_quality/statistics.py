@@ -9,10 +9,7 @@ functions, so the numbers are the library's, on the same features.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from gentrain.engine.checkpoint import atomic_save
 from gentrain.errors import GentrainError
 from gentrain.sample_quality.features import fidelity_module
 
@@ -248,21 +246,9 @@ def inception_score(logits: Tensor, splits: int = 10,
 
 
 def save_reference(stats: FeatureStats, path: str | Path) -> None:
-    """Write ``stats`` to ``path`` atomically: a crash mid-write leaves no half file that a
-    later run would trust (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(stats.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``stats`` atomically: a crash mid-write leaves no half file a later run would
+    trust."""
+    atomic_save(stats.state_dict(), Path(path))
 
 
 def load_reference(path: str | Path, device: str | torch.device = "cpu") -> FeatureStats | None:

@@ -19,7 +19,7 @@ from gentrain.data.images import SquareImage, list_images
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.run_log import RunLog, to_unit
 from gentrain.errors import GentrainError, require
-from gentrain.models.base import Grid
+from gentrain.models.base import GenerativeModel, Grid
 from gentrain.tasks.setup import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,15 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
         else None
     if pairs is not None:
         num = min(num, pairs["source"].shape[0])
+    labels = class_labels(cfg, model, num, device)
     parts = []
     # Chunks of sample.batch_size bound the memory; the generator runs on across chunks, so
     # the images depend on the seed and the chunk size only.
     for start in tqdm(range(0, num, chunk), desc="sample", unit="chunk", disable=num <= chunk):
         size = min(chunk, num - start)
         cond = None if pairs is None else {"source": pairs["source"][start : start + size]}
+        if labels is not None:
+            cond = {"label": labels[start : start + size]}
         with autocast():
             parts.append(model.sample(size, cond, generator).float())
     images = torch.cat(parts)
@@ -70,6 +73,23 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
             save_image(image, folder / f"{i:05d}.png")
     log.info("Wrote %s", grid)
     return {"grid": str(grid), "num": num, "step": int(state["step"])}
+
+
+def class_labels(cfg: DictConfig, model: GenerativeModel, num: int,
+                 device: torch.device) -> Tensor | None:
+    """A class-conditional model's label per image: ``sample.labels`` (or every class) in
+    turn, over the whole grid (so rows line up whatever ``sample.batch_size`` is)."""
+    asked = cfg.sample.labels
+    conditional = bool(getattr(model, "conditional", False)) and model.spec.num_classes > 0
+    if asked is None and not conditional:
+        return None
+    require(conditional, f"sample.labels needs a class-conditional model; this {model.family} "
+            "was trained with model.conditional=false. Drop sample.labels.")
+    classes = list(asked) if asked is not None else list(range(model.spec.num_classes))
+    bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < model.spec.num_classes)]
+    require(bool(classes) and not bad,
+            f"sample.labels={classes} must be class ids in 0..{model.spec.num_classes - 1}.")
+    return torch.tensor(classes, device=device).repeat(num // len(classes) + 1)[:num]
 
 
 def sources_to_translate(

@@ -15,6 +15,7 @@ from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.distributed import DistEnv, barrier
 from gentrain.engine.trainer import FamilyTraining, Trainer
 from gentrain.models import build_model
+from gentrain.sample_quality.evaluate import SampleQuality, settings_from_config
 from gentrain.tasks.setup import start_runtime
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         schedule=OmegaConf.to_container(cfg.model.get("schedule", {}), resolve=True),  # type: ignore[arg-type]
         ema=OmegaConf.to_container(cfg.model.get("ema", {}), resolve=True),  # type: ignore[arg-type]
     )
+    quality = None
+    if runtime.trainer.eval_sample_quality:
+        settings = settings_from_config(cfg.eval, model.sample_quality_metrics or ("fid",))
+        quality = settings and SampleQuality(settings, data, cfg.data, runtime.device, cfg.seed)
     trainer = Trainer(
         model=model, data=data, config=runtime.trainer, family=family, run_dir=run_dir,
         seed=cfg.seed, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), dist=runtime.dist,
-        device=runtime.device, tensorboard=cfg.logger.tensorboard,
+        device=runtime.device, tensorboard=cfg.logger.tensorboard, sample_quality=quality,
     )
     source = resume_source(cfg.resume, run_dir)
     if source is not None:
