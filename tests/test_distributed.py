@@ -116,3 +116,21 @@ def test_ddp_gan_wraps_each_network_and_keeps_the_ranks_in_step(tmp_path: Path,
     assert summary["world_size"] == 2 and summary["images_seen"] == 3 * accum * 8 * 2
     state = load_checkpoint(runs[0])
     assert set(state["ema"]["networks"]) == {"generator"}
+
+
+def test_ddp_sample_quality_shards_generation_and_gathers_features(tmp_path: Path) -> None:
+    """Two ranks generate 8 + 7 images and share their features: the protocol counts all 15
+    generated and all 64 reference images, and both ranks agree on the best step."""
+    gan = [*FAST_RUN, "model=gan", "model.base_channels=8", "model.latent_dim=8",
+           "trainer.eval_limit=8"]
+    quality = ["trainer.max_steps=2", "trainer.eval_every=1", "trainer.eval_sample_quality=true",
+               "trainer.eval_num_samples=15", "eval.features=standin",
+               "eval.reference_split=test", f"eval.reference_cache={tmp_path / 'ref'}",
+               "eval.kid_subset_size=8", "eval.kid_subsets=4", "eval.is_splits=2"]
+    result = torchrun(quality, cwd=tmp_path, base=gan)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
+    protocol = summary["sample_quality_protocol"]
+    assert protocol["num_generated"] == 15 and protocol["num_reference"] == 64
+    assert summary["best"]["metric"] == "eval/fid" and summary["eval"]["eval/fid"] > 0
+    assert len(list((tmp_path / "ref").glob("*.pt"))) == 1  # written once, by rank 0

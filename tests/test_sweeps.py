@@ -43,7 +43,8 @@ def test_a_multirun_command_gets_its_sweep_name_and_jobs_named_by_what_varies() 
     assert out[5] == "hydra.job.config.override_dirname.exclude_keys=[sweep_name,trainer.max_steps]"
     assert with_sweep_name(["model.latent_dim=4"]) == ["model.latent_dim=4"]  # not a multirun
     named = ["-m", "model.latent_dim=4,8", "sweep_name=mine"]
-    assert with_sweep_name(named) == named
+    assert with_sweep_name(named) == [  # a chosen name is kept; jobs are still named by what varies
+        *named, "hydra.job.config.override_dirname.exclude_keys=[sweep_name]"]
 
 
 def test_summary_ranks_by_the_monitor_direction_and_labels_by_what_differs(
@@ -57,7 +58,7 @@ def test_summary_ranks_by_the_monitor_direction_and_labels_by_what_differs(
     assert varying_overrides(rows)["a"] == ["lr=1e-3"]
 
 
-def _sweep(tmp_path: Path, swept: list[str], extra: list[str] = ()) -> list[str]:
+def _sweep(swept: list[str], extra: list[str] = ()) -> list[str]:
     return ["-m", *SWEEP_BASE, *extra, *swept]
 
 
@@ -68,8 +69,9 @@ def _job_dirs(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_a_2x2_multirun_writes_the_summary_table_and_comparison_plot(tmp_path: Path) -> None:
-    result = gentrain_cli(_sweep(tmp_path, ["model.latent_dim=4,8", "model.optim.main.lr=1e-3,3e-3"],
-                                 ["trainer.max_steps=20", "trainer.eval_every=10"]), cwd=tmp_path)
+    swept = ["model.latent_dim=4,8", "model.optim.main.lr=1e-3,3e-3"]
+    result = gentrain_cli(_sweep(swept, ["trainer.max_steps=20", "trainer.eval_every=10"]),
+                          cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = _job_dirs(tmp_path)
     assert sorted(jobs) == [f"model.latent_dim={d},model.optim.main.lr={lr}"
@@ -120,7 +122,7 @@ def _has_checkpoint_beyond(tmp_path: Path, done: int) -> bool:
 
 def test_a_killed_multirun_rerun_finishes_without_redoing_finished_jobs(tmp_path: Path) -> None:
     max_steps = 150
-    args = _sweep(tmp_path, ["model.latent_dim=4,6,8"], [f"trainer.max_steps={max_steps}"])
+    args = _sweep(["model.latent_dim=4,6,8"], [f"trainer.max_steps={max_steps}"])
     _run_until(args, tmp_path, lambda: _has_checkpoint_beyond(tmp_path, 1))
     jobs = _job_dirs(tmp_path)
     before = {name: s["status"] for name, s in _summaries(jobs).items()}
@@ -154,7 +156,8 @@ def test_an_optuna_study_interrupted_after_two_trials_continues_to_four(tmp_path
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the interrupted one
     interrupted = next(t for t in study.trials if t.state.name == "FAIL")
-    rerun = [t for t in study.trials if t.params == interrupted.params and t.state.name == "COMPLETE"]
+    rerun = [t for t in study.trials
+             if t.params == interrupted.params and t.state.name == "COMPLETE"]
     assert len(rerun) == 1  # asked again with the same parameters
     summaries = _summaries(_job_dirs(tmp_path))
     assert len(summaries) == 4

@@ -61,7 +61,8 @@ def task_overrides(argv: Sequence[str]) -> list[str]:
 
 
 def with_sweep_name(argv: list[str]) -> list[str]:
-    """``argv`` plus ``sweep_name=<name from its overrides>`` for a multirun that has none.
+    """``argv`` plus ``sweep_name=<name from its overrides>`` for a multirun that names no
+    sweep, and the keys its jobs' directory names leave out (the fixed ones).
 
     Done before Hydra starts, so every job (in this process, a joblib worker or a SLURM node)
     sees the same constant sweep directory.
@@ -69,12 +70,15 @@ def with_sweep_name(argv: list[str]) -> list[str]:
     if not is_multirun(argv):
         return argv
     overrides = task_overrides(argv)
-    if any(o.split("=", 1)[0].lstrip("+") == "sweep_name" for o in overrides):
-        return argv
-    if any(a.split("=", 1)[0] == "hydra.sweep.dir" for a in argv):
-        return argv
-    # Jobs are named by what varies: the fixed overrides are left out of their directories.
     swept = set(swept_overrides(overrides))
-    fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides if o not in swept})
-    return [*argv, f"sweep_name='{sweep_name_from_overrides(overrides)}'",
-            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(['sweep_name', *fixed])}]"]
+    added = []
+    if not any(a.split("=", 1)[0].lstrip("+") in ("sweep_name", "hydra.sweep.dir")
+               for a in argv):
+        added.append(f"sweep_name='{sweep_name_from_overrides(overrides)}'")
+    if not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
+        # Jobs are named by what varies: the fixed overrides are left out of their directories.
+        fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides
+                        if o not in swept} - {"sweep_name"})
+        added.append("hydra.job.config.override_dirname.exclude_keys="
+                     f"[{','.join(['sweep_name', *fixed])}]")
+    return [*argv, *added]

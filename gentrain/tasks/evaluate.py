@@ -42,14 +42,15 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     # `data=mnist data.root=/new/place`) takes the command line's settings instead.
     data_cfg = cfg.data if cfg.data.name == trained.data.name else trained.data
     data = build_data(data_cfg)
+    # Built first: missing Inception weights stop the task before any costly evaluation.
+    settings = settings_from_config(cfg.eval, model.sample_quality_metrics)
+    quality = settings and SampleQuality(settings, data, data_cfg, device, seed=cfg.seed)
     metrics: dict[str, float] = {}
     if cfg.eval.per_example:
         metrics.update(evaluate_model(model, data, split=cfg.eval.split, device=device,
                                       limit=cfg.eval.limit, progress=True))
-    settings = settings_from_config(cfg.eval, model.sample_quality_metrics)
     protocol = None
-    if settings is not None:
-        quality = SampleQuality(settings, data, data_cfg, device, seed=cfg.seed)
+    if quality:
         values, protocol = quality(model, progress=True,
                                    autocast=autocast_factory(device, str(cfg.trainer.precision)))
         metrics.update(values)
