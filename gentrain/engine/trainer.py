@@ -36,6 +36,7 @@ from gentrain.engine.distributed import (
     all_reduce_max,
     all_reduce_sum,
     any_rank,
+    broadcast_module,
     gather_to_all,
 )
 from gentrain.engine.ema import EMA
@@ -132,8 +133,9 @@ class Trainer:
             for p in model.phases
         ]
         ema_decay = family.ema.get("decay")
-        self.ema = (EMA(model, ema_decay, family.ema.get("warmup", True), model.ema_networks)
-                    if ema_decay else None)
+        self._new_ema = lambda: EMA(model, ema_decay, family.ema.get("warmup", True),
+                                    model.ema_networks)
+        self.ema = self._new_ema() if ema_decay else None
         self.autocast = autocast_factory(device, config.precision)
         self.forward: nn.Module = _LossForward(self.model)
         self._ddp: list[DistributedDataParallel] = []  # whose no_sync skips the all-reduce
@@ -286,6 +288,8 @@ class Trainer:
         )
         status, stop_signal = "completed", None
         self.start_step = self.step  # above 0 after a resume
+        if self.step == 0:
+            self._data_dependent_init()
         self._mark = (time.perf_counter(), self.images_seen)
         with StopRequest() as stop:
             while self.step < cfg.max_steps:
@@ -311,6 +315,23 @@ class Trainer:
         self.log.curves(f"{self.model.family} on {self.data.spec.name}")
         self.log.close()
         return summary
+
+    def _data_dependent_init(self) -> None:
+        """The family's initialisation from data (actnorm), on a batch of its own stream (the
+        training order stays as without it); rank 0's result is broadcast, and the EMA copy
+        is taken afterwards."""
+        loader = self.data.train_loader(
+            device=self.device, seed=derive_seed(self.seed, "data_init"), rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        with torch.no_grad():
+            ran = self.model.data_dependent_init(next(loader))
+        if not ran:
+            return
+        broadcast_module(self.model)
+        if self.ema is not None:
+            self.ema = self._new_ema()
+        log.info("Initialised %s from a batch of training data.", self.model.family)
 
     def _stop_agreed(self, stop: StopRequest) -> bool:
         """Whether every rank stops after this step (all ranks ask at the same steps)."""

@@ -148,6 +148,15 @@ class GenerativeModel(nn.Module):
         """Install the trainer's wrappers without registering them as submodules."""
         self.__dict__["_wrapped_networks"] = wrapped
 
+    def data_dependent_init(self, batch: Batch) -> bool:
+        """Initialise parameters from a real training batch if this family needs it and has
+        not yet (Glow's actnorm); return whether it ran.
+
+        The trainer calls it once, before training, the EMA copy and rank 0's broadcast; the
+        initialised state is in the checkpoint, so a resume never repeats it.
+        """
+        return False
+
     @property
     def compile_unsupported(self) -> str | None:
         """Why ``trainer.compile=true`` cannot work for this configuration (None: it can)."""
