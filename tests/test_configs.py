@@ -117,6 +117,7 @@ def build_and_check(cfg: DictConfig) -> None:
         pytest.skip(f"{cfg.model.name} does not train on {spec.name}: {error}")
     model = build_model(cfg.model, spec)
     assert model.family == cfg.model.name
+    model.data_dependent_init(batch)  # as the trainer does before the first step (actnorm)
     for phase in model.phases:
         assert phase.name in cfg.model.optim, f"model.optim has no optimizer for {phase.name}"
         loss = model.loss(batch, phase.name)["loss"]
