@@ -22,6 +22,10 @@ FAMILIES = {
     "pix2pix": [*FAST_RUN, "model=pix2pix", "data.pair=labels", "model.base_channels=4",
                 "model.d_base_channels=4", "model.d_layers=1", "trainer.eval_limit=8",
                 "trainer.num_samples=4"],
+    "pixelcnn": [*FAST_RUN, "model=pixelcnn", "model.hidden=12", "model.layers=2",
+                 "model.grid_samples=4", "trainer.eval_limit=8", "data.resolution=8"],
+    "flow": [*FAST_RUN, "model=flow", "model.levels=2", "model.steps=2", "model.hidden=8",
+             "trainer.eval_limit=8", "data.resolution=8"],
 }
 # What task=eval reports by default for each family.
 EXPECTED = {
@@ -29,6 +33,8 @@ EXPECTED = {
     "ddpm": {"eval/bits_per_dim", "eval/fid", "eval/kid", "eval/is"},
     "gan": {"eval/fid", "eval/kid", "eval/is"},
     "pix2pix": {"eval/l1", "eval/psnr", "eval/ssim", "eval/fid"},
+    "pixelcnn": {"eval/bits_per_dim", "eval/nll_nats"},
+    "flow": {"eval/bits_per_dim", "eval/nll_nats"},
 }
 
 

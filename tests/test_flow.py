@@ -77,6 +77,25 @@ def test_temperature_is_a_call_time_key_and_zero_is_deterministic(tmp_path: Path
         flow_task(tmp_path / "bad", ["task=sample", f"ckpt={run_dir}", "model.hidden=16"])
 
 
+@pytest.mark.parametrize("n_bits", [5, 8])
+def test_a_uniform_density_on_the_dequantised_cube_scores_exactly_n_bits_per_dim(
+        n_bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the flow's density replaced by the uniform density on [-1/2, 1/2)^D (log p = 0),
+    every n-bit image has probability 2^(-n·D): the family must report exactly n bits/dim."""
+    from conftest import compose_config
+
+    from gentrain.data import build_data
+    from gentrain.models import build_model
+
+    cfg = compose_config([*FLOW_FAST, f"model.n_bits={n_bits}"])
+    data = build_data(cfg.data)
+    model = build_model(cfg.model, data.spec)
+    batch = data.fixed_batch(4, torch.device("cpu"))
+    monkeypatch.setattr(model.net, "log_prob", lambda y, label=None: torch.zeros(y.shape[0]))
+    bpd = model.evaluate(batch)["bits_per_dim"]
+    assert torch.allclose(bpd, torch.full((4,), float(n_bits)), atol=1e-6)
+
+
 def test_sides_that_do_not_divide_by_the_levels_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GentrainError, match="divisible by 2\\^levels"):
         flow_task(tmp_path, ["data.resolution=12", "model.levels=3", "trainer.max_steps=1"])
