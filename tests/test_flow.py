@@ -108,3 +108,16 @@ def test_two_ranks_with_different_shards_end_with_identical_actnorms(tmp_path: P
                       base=FLOW_FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 weights equal rank 0: True" in result.stdout, result.stdout[-2000:]
+
+
+def test_an_overflowing_sample_becomes_grey_pixels_not_nan() -> None:
+    from conftest import compose_config
+
+    from gentrain.data import build_data
+    from gentrain.models import build_model
+
+    cfg = compose_config(FLOW_FAST)
+    model = build_model(cfg.model, build_data(cfg.data).spec)
+    z = torch.tensor([[[[float("nan"), float("inf")], [-float("inf"), 0.1]]]])
+    images = model.from_flow_output(z)
+    assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1

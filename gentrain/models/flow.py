@@ -108,7 +108,11 @@ class Flow(GenerativeModel):
         return z, log_det
 
     def from_flow_output(self, z: Tensor) -> Tensor:
-        """The inverse of :meth:`to_flow_input` for samples: back to 8-bit images."""
+        """The inverse of :meth:`to_flow_input` for samples: back to 8-bit images.
+
+        A latent far in its prior's tail can overflow through the inverse couplings (seen on a
+        partly trained Glow at temperature 1); such pixels become mid-grey, not NaN."""
+        z = torch.nan_to_num(z, nan=0.0)
         if self.preprocess == "logit":
             z = (torch.sigmoid(z) - self.logit_alpha) / (1 - 2 * self.logit_alpha) - 0.5
         return quantize(z.clamp(-0.5, 0.5 - 1e-6), self.n_bits)
