@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 import gentrain.cli  # noqa: F401  (registers resolvers)
 from gentrain.cli import run
 from gentrain.data import build_data
-from gentrain.data.seeding import derive_seed
+from gentrain.data.core.seeding import derive_seed
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.errors import GentrainError
 from gentrain.models import build_model

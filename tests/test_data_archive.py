@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from data_fixtures import md5, write_malicious_tarballs, write_pix2pix_tarball
 
-from gentrain.data import pix2pix
-from gentrain.data.archive import download, gunzip, safe_extract
+from gentrain.data.datasets import pix2pix
+from gentrain.data.storage.archive import download, gunzip, safe_extract
 from gentrain.errors import GentrainError
 
 

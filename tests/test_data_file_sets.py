@@ -14,11 +14,11 @@ from data_fixtures import (
     write_pix2pix_tarball,
 )
 
-from gentrain.data import edge_cache
-from gentrain.data.celeba import celeba
-from gentrain.data.edges import edge_drawing
-from gentrain.data.folders import edges2cats, folder
-from gentrain.data.pix2pix import pix2pix
+from gentrain.data.datasets.celeba import celeba
+from gentrain.data.datasets.folders import edges2cats, folder
+from gentrain.data.datasets.pix2pix import pix2pix
+from gentrain.data.pairs import edge_cache
+from gentrain.data.pairs.edges import edge_drawing
 from gentrain.errors import GentrainError
 
 CPU = torch.device("cpu")
@@ -147,7 +147,7 @@ def test_file_loader_resume_replays_and_ignores_worker_count(tmp_path: Path) -> 
 
 
 def test_tensor_loader_resume_replays() -> None:
-    from gentrain.data.shapes import shapes
+    from gentrain.data.datasets.shapes import shapes
 
     data = shapes(batch_size=8, num_train=40, num_test=8, pair={"kind": "mask", "hole": 0.25})
     reference = take(data.train_loader(device=CPU, seed=1), 8)
@@ -159,7 +159,7 @@ def test_tensor_loader_resume_replays() -> None:
 
 
 def test_ranks_partition_each_epoch() -> None:
-    from gentrain.data.file_data import EpochBatchSampler
+    from gentrain.data.core.file_data import EpochBatchSampler
 
     shards = []
     for rank in (0, 1):

@@ -12,9 +12,9 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from gentrain.data import build_data
-from gentrain.data.edges import EdgeSettings, detect_edges
-from gentrain.data.pairs import parse_pair
-from gentrain.data.shapes import shapes
+from gentrain.data.datasets.shapes import shapes
+from gentrain.data.pairs.edges import EdgeSettings, detect_edges
+from gentrain.data.pairs.tasks import parse_pair
 from gentrain.errors import GentrainError
 
 CPU = torch.device("cpu")
@@ -81,7 +81,7 @@ def test_pair_tasks_on_tensor_data(pair, channels, tmp_path: Path,
 
 
 def test_tensor_edge_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gentrain.data import edge_cache
+    from gentrain.data.pairs import edge_cache
 
     monkeypatch.setenv("GENTRAIN_DATA", str(tmp_path))
     first = shapes(batch_size=8, num_train=32, num_test=16, pair="edges")

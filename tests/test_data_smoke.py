@@ -227,3 +227,16 @@ def test_preview_writes_a_grid(tmp_path: Path, facades_root: Path, folder_root: 
     grids = list((run_dir / "samples").glob("preview_*.png"))
     assert len(grids) == 1 and Path(result["grid"]) == grids[0]
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_configs_stored_before_the_datasets_moved_still_build() -> None:
+    """Checkpoints written before gentrain.data was regrouped name gentrain.data.shapes.shapes;
+    task=sample and task=eval rebuild the run's data from that config."""
+    from omegaconf import OmegaConf
+
+    from gentrain.data import build_data
+
+    new = OmegaConf.create({"_target_": "gentrain.data.datasets.shapes.shapes", "name": "shapes",
+                            "batch_size": 4, "resolution": 8, "num_train": 16, "num_test": 8})
+    old = OmegaConf.merge(new, {"_target_": "gentrain.data.shapes.shapes"})
+    assert build_data(old).spec == build_data(new).spec

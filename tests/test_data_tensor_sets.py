@@ -9,9 +9,9 @@ import pytest
 import torch
 from data_fixtures import patch_cifar_checksums, write_cifar10, write_mnist
 
-from gentrain.data.cifar10 import cifar10
-from gentrain.data.mnist import mnist
-from gentrain.data.shapes import shapes
+from gentrain.data.datasets.cifar10 import cifar10
+from gentrain.data.datasets.mnist import mnist
+from gentrain.data.datasets.shapes import shapes
 from gentrain.errors import GentrainError
 
 CPU = torch.device("cpu")

@@ -175,7 +175,7 @@ def test_the_penalty_runs_in_fp32_under_fp16_autocast(tmp_path: Path) -> None:
 
 
 def test_a_discriminator_that_wins_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    from gentrain.data.batch import DataSpec
+    from gentrain.data.core.batch import DataSpec
 
     model = GAN(DataSpec("x", 3, 32, 32), base_channels=8, latent_dim=4)
     warnings = [model.training_warnings({"discriminator/loss": 0.001}) for _ in range(3)]

@@ -13,7 +13,7 @@ from conftest import FAST_RUN, run_task
 from data_fixtures import write_mnist
 from test_resume import straight_and_resumed
 
-from gentrain.data.batch import DataSpec
+from gentrain.data.core.batch import DataSpec
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.likelihoods import from_levels, to_levels

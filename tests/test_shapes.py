@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from gentrain.data.shapes import SHAPE_NAMES, render_shapes, shapes
-from gentrain.data.tensor_data import DeviceBatchLoader
-from gentrain.data.transforms import random_hflip
+from gentrain.data.core.tensor_data import DeviceBatchLoader
+from gentrain.data.core.transforms import random_hflip
+from gentrain.data.datasets.shapes import SHAPE_NAMES, render_shapes, shapes
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gentrain.data.batch import DataSpec
+from gentrain.data.core.batch import DataSpec
 from gentrain.errors import GentrainError
 from gentrain.likelihoods import bits_per_dim, discretized_logistic_log_prob
 from gentrain.models import vae as vae_module

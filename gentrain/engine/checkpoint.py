@@ -6,7 +6,6 @@ instant leaves the previous checkpoint intact, and they load with ``weights_only
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from gentrain.errors import GentrainError
+from gentrain.files import atomic_write
 
 FORMAT = "gentrain-checkpoint/1"
 LAST = "last.pt"
@@ -24,22 +24,13 @@ _PERIODIC = re.compile(r"step-(\d+)\.pt$")
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` so that readers only ever see a complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write ``state`` to ``path`` so that readers only ever see a complete, fsynced file."""
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+
+    atomic_write(path, write)
 
 
 def periodic_name(step: int) -> str:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gentrain.data.base import DataModule
+from gentrain.data.core.base import DataModule
 from gentrain.engine.distributed import all_reduce_sum
 from gentrain.models.base import GenerativeModel
 

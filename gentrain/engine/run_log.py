@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision.utils import make_grid, save_image
 
+from gentrain.files import atomic_write
 from gentrain.models.base import Grid
 
 
@@ -50,9 +50,8 @@ class RunLog:
     def summary(self, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        text = json.dumps(values, indent=2, sort_keys=True) + "\n"
+        atomic_write(self.run_dir / "summary.json", lambda tmp: tmp.write_text(text))
 
     def curves(self, title: str) -> Path | None:
         """``curves.png``: every metric of metrics.jsonl over steps."""

@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import gentrain
-from gentrain.data.base import DataModule
-from gentrain.data.batch import Batch
-from gentrain.data.seeding import derive_seed, generator_for
+from gentrain.data.core.base import DataModule
+from gentrain.data.core.batch import Batch
+from gentrain.data.core.seeding import derive_seed, generator_for
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.config import TrainerConfig
 from gentrain.engine.device import autocast_factory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from gentrain.data.batch import DataSpec
+from gentrain.data.core.batch import DataSpec
 from gentrain.instantiation import build_from_config
 from gentrain.models.base import GenerativeModel
 

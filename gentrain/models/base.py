@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.diffusion import Denoise, Diffusion, sample_loop, variational_bound
 from gentrain.errors import GentrainError, require
 from gentrain.likelihoods import bits_per_dim

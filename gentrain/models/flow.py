@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.likelihoods import bits_per_dim, dequantize, dequantized_nll, quantize
 from gentrain.models.base import (

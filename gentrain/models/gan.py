@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from gentrain.adversarial import LOSSES, discriminator_loss, generator_loss, gradient_penalty
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.models.base import (
     GenerativeModel,

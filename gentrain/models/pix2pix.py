@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gentrain.adversarial import discriminator_loss, generator_loss
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import GentrainError, require
 from gentrain.image_metrics import l1, psnr, ssim
 from gentrain.models.base import GenerativeModel, Grid, Phase, StepContext

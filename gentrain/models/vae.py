@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.data.batch import Batch, DataSpec
+from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.likelihoods import (
     bernoulli_log_prob,

@@ -19,10 +19,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from gentrain.data.base import DataModule
-from gentrain.data.batch import Batch
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.seeding import generator_for
+from gentrain.data.core.base import DataModule
+from gentrain.data.core.batch import Batch
+from gentrain.data.core.seeding import generator_for
+from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.engine.distributed import barrier
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel

@@ -16,11 +16,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gentrain.data import build_data
-from gentrain.data.edge_cache import atomic_write
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.evaluation import evaluate_model
 from gentrain.errors import GentrainError
+from gentrain.files import atomic_write
 from gentrain.sample_quality.evaluate import SampleQuality, settings_from_config
 from gentrain.sweeps.summary import format_table
 from gentrain.tasks.setup import model_from_checkpoint

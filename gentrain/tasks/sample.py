@@ -14,8 +14,8 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from gentrain.data import build_data
-from gentrain.data.batch import DataSpec
-from gentrain.data.images import SquareImage, list_images
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.images import SquareImage, list_images
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.run_log import RunLog, to_unit
 from gentrain.errors import GentrainError, require

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gentrain.data.batch import spec_from_dict
+from gentrain.data.core.batch import spec_from_dict
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.config import TrainerConfig
 from gentrain.engine.device import configure_backends, resolve_device

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gentrain.data import DataModule, build_data
-from gentrain.data.seeding import derive_seed
+from gentrain.data.core.seeding import derive_seed
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.distributed import DistEnv, barrier
 from gentrain.engine.trainer import FamilyTraining, Trainer

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gentrain.data.base import SplitDataModule, batches_per_epoch, eval_index_batches
-from gentrain.data.batch import Batch
-from gentrain.data.seeding import epoch_permutation, generator_for
-from gentrain.data.transforms import BatchTransform
+from gentrain.data.core.base import SplitDataModule, batches_per_epoch, eval_index_batches
+from gentrain.data.core.batch import Batch
+from gentrain.data.core.seeding import epoch_permutation, generator_for
+from gentrain.data.core.transforms import BatchTransform
 
 
 @dataclass

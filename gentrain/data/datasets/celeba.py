@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torchvision.datasets import CelebA
 
-from gentrain.data.archive import unpack_if_present
-from gentrain.data.batch import DataSpec
-from gentrain.data.fetch import load_torchvision
-from gentrain.data.file_data import FileDataModule, FileDataset
-from gentrain.data.images import SquareImage
-from gentrain.data.pairs import pair_file_module, parse_pair
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.transforms import random_hflip
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.file_data import FileDataModule, FileDataset
+from gentrain.data.core.images import SquareImage
+from gentrain.data.core.transforms import random_hflip
+from gentrain.data.pairs.tasks import pair_file_module, parse_pair
+from gentrain.data.storage.archive import unpack_if_present
+from gentrain.data.storage.fetch import load_torchvision
+from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import require
 
 SPLITS = ("train", "valid", "test")

@@ -9,8 +9,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from gentrain.data.batch import Batch, DataSpec
-from gentrain.data.transforms import BatchTransform, compose
+from gentrain.data.core.batch import Batch, DataSpec
+from gentrain.data.core.transforms import BatchTransform, compose
 from gentrain.errors import GentrainError
 
 T = TypeVar("T")

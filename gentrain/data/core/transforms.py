@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from gentrain.data.batch import Batch
+from gentrain.data.core.batch import Batch
 
 BatchTransform = Callable[[Batch, torch.Generator], Batch]
 SPATIAL_KEYS = ("image", "source", "label_map")

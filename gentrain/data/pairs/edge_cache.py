@@ -2,16 +2,14 @@
 
 Tensor datasets store one file per split (keyed also by a digest of the pixels); file datasets
 store one PNG per image (keyed also by the image's path, size and mtime), written lazily by
-whichever loader worker first needs it. Every write is a temporary file + ``os.replace``, so
-concurrent workers and interrupted runs never leave a truncated cache entry.
+whichever loader worker first needs it. Every write goes through
+:func:`gentrain.files.atomic_write`, so concurrent workers and interrupted runs never leave a
+truncated cache entry.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +19,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gentrain.data.edges import EdgeSettings, edge_drawing
+from gentrain.data.pairs.edges import EdgeSettings, edge_drawing
+from gentrain.files import atomic_write
 
 CHUNK = 256  # images per detector call when a whole split is processed
 
@@ -32,19 +31,6 @@ def settings_key(settings: EdgeSettings, *extra: object) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` then rename the result to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def split_edges(images: Tensor, settings: EdgeSettings, cache_dir: Path, tag: str) -> Tensor:
     """Edge drawings uint8 (N, 1, H, W) for a uint8 split, loaded from or saved to the cache."""
     digest = hashlib.blake2b(images.cpu().contiguous().numpy().tobytes(), digest_size=8)
@@ -53,7 +39,7 @@ def split_edges(images: Tensor, settings: EdgeSettings, cache_dir: Path, tag: st
         return torch.load(path, weights_only=True)
     chunks = tqdm(images.split(CHUNK), desc=f"edges {tag}", unit="chunk", leave=False)
     edges = torch.cat([edge_drawing(chunk, settings) for chunk in chunks])
-    atomic_write(path, lambda tmp: torch.save(edges, tmp))
+    atomic_write(path, lambda tmp: torch.save(edges, tmp), durable=False)
     return edges
 
 
@@ -78,5 +64,6 @@ class FileEdgeCache:
         if path.exists():
             return torch.from_numpy(np.array(Image.open(path))).unsqueeze(0)
         drawing = edge_drawing(image.unsqueeze(0), self.settings)[0]
-        atomic_write(path, lambda tmp: Image.fromarray(drawing[0].numpy()).save(tmp, "PNG"))
+        atomic_write(path, lambda tmp: Image.fromarray(drawing[0].numpy()).save(tmp, "PNG"),
+                     durable=False)
         return drawing

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from gentrain.data.roots import ROOT_ENV
+from gentrain.data.storage.roots import ROOT_ENV
 from gentrain.errors import GentrainError
 
 T = TypeVar("T")

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gentrain.data.batch import Batch, DataSpec
-from gentrain.data.edge_cache import FileEdgeCache, settings_key, split_edges
-from gentrain.data.edges import EdgeSettings, to_gray
-from gentrain.data.file_data import FileDataModule, FileDataset
-from gentrain.data.tensor_data import TensorDataModule
-from gentrain.data.transforms import BatchTransform
+from gentrain.data.core.batch import Batch, DataSpec
+from gentrain.data.core.file_data import FileDataModule, FileDataset
+from gentrain.data.core.tensor_data import TensorDataModule
+from gentrain.data.core.transforms import BatchTransform
+from gentrain.data.pairs.edge_cache import FileEdgeCache, settings_key, split_edges
+from gentrain.data.pairs.edges import EdgeSettings, to_gray
 from gentrain.errors import GentrainError, require
 
 PAIR_KINDS = ("edges", "grayscale", "lowres", "mask", "labels")

@@ -6,15 +6,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gentrain.data.archive import download as fetch_url
-from gentrain.data.archive import safe_extract
-from gentrain.data.batch import DataSpec
-from gentrain.data.fetch import download_failed, download_off, unavailable
-from gentrain.data.file_data import FileDataModule, FileDataset
-from gentrain.data.images import Direction, SideBySide, list_images
-from gentrain.data.pairs import pair_file_module, parse_pair
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.transforms import augmentation
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.file_data import FileDataModule, FileDataset
+from gentrain.data.core.images import Direction, SideBySide, list_images
+from gentrain.data.core.transforms import augmentation
+from gentrain.data.pairs.tasks import pair_file_module, parse_pair
+from gentrain.data.storage.archive import download as fetch_url
+from gentrain.data.storage.archive import safe_extract
+from gentrain.data.storage.fetch import download_failed, download_off, unavailable
+from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import GentrainError, require
 
 URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"

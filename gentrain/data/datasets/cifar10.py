@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torchvision.datasets import CIFAR10
 
-from gentrain.data.archive import unpack_if_present
-from gentrain.data.batch import DataSpec
-from gentrain.data.fetch import load_torchvision
-from gentrain.data.pairs import pair_tensor_module, parse_pair
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.tensor_data import TensorDataModule, TensorSplit
-from gentrain.data.transforms import random_hflip
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.tensor_data import TensorDataModule, TensorSplit
+from gentrain.data.core.transforms import random_hflip
+from gentrain.data.pairs.tasks import pair_tensor_module, parse_pair
+from gentrain.data.storage.archive import unpack_if_present
+from gentrain.data.storage.fetch import load_torchvision
+from gentrain.data.storage.roots import cache_dir, resolve_root
 
 
 def cifar10(

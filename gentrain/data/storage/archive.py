@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from gentrain.errors import GentrainError
+from gentrain.files import atomic_write
 
 CHUNK = 1 << 20
 
@@ -50,15 +51,12 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
 
 def gunzip(src: Path, dest: Path) -> None:
     """Decompress ``src`` to ``dest`` atomically (a truncated .gz raises and writes nothing)."""
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as f:
-        tmp = Path(f.name)
-        try:
-            with gzip.open(src, "rb") as source:
-                shutil.copyfileobj(source, f, CHUNK)
-        except BaseException:
-            tmp.unlink()
-            raise
-    os.replace(tmp, dest)
+
+    def write(tmp: Path) -> None:
+        with gzip.open(src, "rb") as source, open(tmp, "wb") as f:
+            shutil.copyfileobj(source, f, CHUNK)
+
+    atomic_write(dest, write, durable=False)
 
 
 def _unsafe_name(name: str) -> bool:

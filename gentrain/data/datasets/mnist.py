@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from gentrain.data.archive import gunzip
-from gentrain.data.batch import DataSpec
-from gentrain.data.fetch import load_torchvision
-from gentrain.data.pairs import pair_tensor_module, parse_pair
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.seeding import derive_seed
-from gentrain.data.tensor_data import TensorDataModule, TensorSplit
-from gentrain.data.transforms import dynamic_binarize
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.seeding import derive_seed
+from gentrain.data.core.tensor_data import TensorDataModule, TensorSplit
+from gentrain.data.core.transforms import dynamic_binarize
+from gentrain.data.pairs.tasks import pair_tensor_module, parse_pair
+from gentrain.data.storage.archive import gunzip
+from gentrain.data.storage.fetch import load_torchvision
+from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import GentrainError, require
 
 Binarize = Literal["none", "static", "dynamic"]

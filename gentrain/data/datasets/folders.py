@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from gentrain.data.batch import DataSpec
-from gentrain.data.file_data import FileDataModule, FileDataset
-from gentrain.data.images import SquareImage, list_images
-from gentrain.data.pairs import pair_file_module, parse_pair
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.seeding import derive_seed
-from gentrain.data.transforms import augmentation
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.file_data import FileDataModule, FileDataset
+from gentrain.data.core.images import SquareImage, list_images
+from gentrain.data.core.seeding import derive_seed
+from gentrain.data.core.transforms import augmentation
+from gentrain.data.pairs.tasks import pair_file_module, parse_pair
+from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import GentrainError, require
 
 

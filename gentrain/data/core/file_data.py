@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gentrain.data.base import SplitDataModule, batches_per_epoch, eval_index_batches
-from gentrain.data.batch import Batch
-from gentrain.data.edge_cache import FileEdgeCache
-from gentrain.data.seeding import epoch_permutation, generator_for
-from gentrain.data.transforms import BatchTransform
+from gentrain.data.core.base import SplitDataModule, batches_per_epoch, eval_index_batches
+from gentrain.data.core.batch import Batch
+from gentrain.data.core.seeding import epoch_permutation, generator_for
+from gentrain.data.core.transforms import BatchTransform
+from gentrain.data.pairs.edge_cache import FileEdgeCache
 
 Prepare = Callable[[Path], dict[str, Tensor]]
 

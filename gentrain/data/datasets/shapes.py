@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gentrain.data.batch import DataSpec
-from gentrain.data.pairs import pair_tensor_module, parse_pair
-from gentrain.data.roots import cache_dir, resolve_root
-from gentrain.data.seeding import derive_seed
-from gentrain.data.tensor_data import TensorDataModule, TensorSplit
-from gentrain.data.transforms import random_hflip
+from gentrain.data.core.batch import DataSpec
+from gentrain.data.core.seeding import derive_seed
+from gentrain.data.core.tensor_data import TensorDataModule, TensorSplit
+from gentrain.data.core.transforms import random_hflip
+from gentrain.data.pairs.tasks import pair_tensor_module, parse_pair
+from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import require
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
