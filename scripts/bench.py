@@ -73,6 +73,8 @@ def bare_setup(overrides: list[str]):  # noqa: ANN201
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = data.train_loader(device=device, seed=cfg.seed)
+    with torch.no_grad():  # actnorm: as the Trainer does before its first step
+        model.data_dependent_init(next(data.train_loader(device=device, seed=cfg.seed + 1)))
     return cfg, model, loader, device, autocast_factory(device, str(cfg.trainer.precision))
 
 
