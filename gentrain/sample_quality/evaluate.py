@@ -81,8 +81,8 @@ class SampleQualitySettings:
                 raise GentrainError(f"eval.{key} must be at least 1, not {getattr(self, key)}.")
 
 
-def settings_from_config(eval_cfg: DictConfig, family_metrics: tuple[str, ...],
-                         num_samples: int | None = None) -> SampleQualitySettings | None:
+def settings_from_config(eval_cfg: DictConfig, family_metrics: tuple[str, ...]
+                         ) -> SampleQualitySettings | None:
     """The settings of ``eval`` for a family (None when no metric is asked for)."""
     chosen = eval_cfg.sample_quality
     if chosen == "auto":
@@ -95,7 +95,7 @@ def settings_from_config(eval_cfg: DictConfig, family_metrics: tuple[str, ...],
         return None
     return SampleQualitySettings(
         metrics=tuple(str(m) for m in metrics),
-        num_samples=num_samples or eval_cfg.num_samples,
+        num_samples=eval_cfg.num_samples,
         reference_split=eval_cfg.reference_split, features=eval_cfg.features,
         inception_weights=eval_cfg.inception_weights, kid_subsets=eval_cfg.kid_subsets,
         kid_subset_size=eval_cfg.kid_subset_size, is_splits=eval_cfg.is_splits,
