@@ -34,6 +34,16 @@ def labels_of(batch: Batch, family: str) -> Tensor:
     return batch["label"]
 
 
+def sampling_labels(cond: Batch | None, n: int, num_classes: int,
+                    device: torch.device) -> Tensor:
+    """The class of each of ``n`` samples: ``cond``'s labels, or every class in turn."""
+    if cond is None or "label" not in cond:
+        return torch.arange(n, device=device) % num_classes
+    require(cond["label"].shape[0] == n,
+            f"sample(n={n}) got {cond['label'].shape[0]} labels; pass one label per image.")
+    return cond["label"].to(device)
+
+
 @dataclass(frozen=True)
 class Phase:
     """One parameter group with its own optimizer.

@@ -27,6 +27,7 @@ from gentrain.models.base import (
     StepContext,
     labels_of,
     require_class_labels,
+    sampling_labels,
 )
 
 GRID_ROW = 8
@@ -161,13 +162,7 @@ class DDPM(GenerativeModel):
         return guided
 
     def _class_labels(self, n: int, cond: Batch | None, device: torch.device) -> Tensor | None:
-        if not self.conditional:
-            return None
-        if cond is None:
-            return torch.arange(n, device=device) % self.num_classes
-        require(cond["label"].shape[0] == n,
-                f"sample(n={n}) got {cond['label'].shape[0]} labels; pass one label per image.")
-        return cond["label"].to(device)
+        return sampling_labels(cond, n, self.num_classes, device) if self.conditional else None
 
     @torch.no_grad()
     def sample(

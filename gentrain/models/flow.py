@@ -22,6 +22,7 @@ from gentrain.models.base import (
     StepContext,
     labels_of,
     require_class_labels,
+    sampling_labels,
 )
 from gentrain.nets.flow import Glow, RealNVP
 
@@ -85,10 +86,6 @@ class Flow(GenerativeModel):
                                affine=coupling == "affine", num_classes=classes,
                                image_size=(spec.height, spec.width))
 
-    @property
-    def dims(self) -> int:
-        return self.spec.channels * self.spec.height * self.spec.width
-
     def condition(self, batch: Batch) -> Batch | None:
         return {"label": labels_of(batch, self.family)} if self.conditional else None
 
@@ -121,17 +118,18 @@ class Flow(GenerativeModel):
         """-log P(x) per image in nats: an upper bound through the dequantisation."""
         y, log_det = self.to_flow_input(batch["image"])
         return dequantized_nll(self.net.log_prob(y, self._label(batch)).float() + log_det,
-                               self.dims, self.n_bits)
+                               self.spec.dims, self.n_bits)
 
     def loss(self, batch: Batch, phase: str, ctx: StepContext | None = None
              ) -> dict[str, Tensor]:
         nats = self.nll(batch).mean()
-        return {"loss": nats / self.dims, "bits_per_dim": bits_per_dim(nats.detach(), self.dims)}
+        dims = self.spec.dims
+        return {"loss": nats / dims, "bits_per_dim": bits_per_dim(nats.detach(), dims)}
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, Tensor]:
         nll = self.nll(batch)
-        return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, self.dims)}
+        return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, self.spec.dims)}
 
     def data_dependent_init(self, batch: Batch) -> bool:
         """Actnorm's first-batch statistics (Glow); a no-op once initialised."""
@@ -152,9 +150,8 @@ class Flow(GenerativeModel):
                   generator: torch.Generator | None) -> Tensor:
         label = None
         if self.conditional:
-            device = next(self.parameters()).device
-            label = (cond["label"].to(device) if cond is not None else
-                     torch.arange(n, device=device) % self.spec.num_classes)
+            label = sampling_labels(cond, n, self.spec.num_classes,
+                                    next(self.parameters()).device)
         z = self.net.sample(n, temperature=temperature, label=label, generator=generator)
         return self.from_flow_output(z.float())
 

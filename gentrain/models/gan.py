@@ -26,6 +26,7 @@ from gentrain.models.base import (
     StepContext,
     labels_of,
     require_class_labels,
+    sampling_labels,
 )
 from gentrain.nets.gan import build_gan_networks
 
@@ -192,10 +193,7 @@ class GAN(GenerativeModel):
         self, n: int, cond: Batch | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         device = next(self.generator.parameters()).device
-        label = None
-        if self.conditional:
-            label = (cond["label"].to(device) if cond is not None
-                     else torch.arange(n, device=device) % self.num_classes)
+        label = sampling_labels(cond, n, self.num_classes, device) if self.conditional else None
         z = torch.randn(n, self.latent_dim, device=device, generator=generator)
         return self.generator(z, label).float().clamp(-1, 1)
 

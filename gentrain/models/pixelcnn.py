@@ -32,6 +32,7 @@ from gentrain.models.base import (
     StepContext,
     labels_of,
     require_class_labels,
+    sampling_labels,
 )
 from gentrain.nets.pixelcnn import GatedPixelCNN, PixelCNN
 
@@ -90,19 +91,13 @@ class PixelCNNModel(GenerativeModel):
             if output == "logistic_mixture" else None,
         )
 
-    @property
-    def dims(self) -> int:
-        return self.spec.channels * self.spec.height * self.spec.width
-
     def condition(self, batch: Batch) -> Batch | None:
         return {"label": labels_of(batch, self.family)} if self.conditional else None
 
     def _label(self, cond: Batch | None, n: int, device: torch.device) -> Tensor | None:
         if not self.conditional:
             return None
-        if cond is not None and "label" in cond:
-            return cond["label"].to(device)
-        return torch.arange(n, device=device) % self.spec.num_classes
+        return sampling_labels(cond, n, self.spec.num_classes, device)
 
     def log_prob(self, x: Tensor, label: Tensor | None) -> Tensor:
         """log p(x) per image in nats, exact."""
@@ -119,15 +114,15 @@ class PixelCNNModel(GenerativeModel):
         nll = -self.log_prob(x, labels_of(batch, self.family) if self.conditional else None)
         nats = nll.mean()
         # Minimised per dimension so the learning rate does not depend on the image size.
-        return {"loss": nats / self.dims, "nll_nats": nats.detach(),
-                "bits_per_dim": bits_per_dim(nats.detach(), self.dims)}
+        return {"loss": nats / self.spec.dims, "nll_nats": nats.detach(),
+                "bits_per_dim": bits_per_dim(nats.detach(), self.spec.dims)}
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, Tensor]:
         """Exact NLL per image: nats (binarised MNIST's unit) and bits/dim."""
         nll = -self.log_prob(batch["image"],
                              labels_of(batch, self.family) if self.conditional else None)
-        return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, self.dims)}
+        return {"nll_nats": nll, "bits_per_dim": bits_per_dim(nll, self.spec.dims)}
 
     @torch.no_grad()
     def sample(self, n: int, cond: Batch | None = None,

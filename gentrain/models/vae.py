@@ -29,6 +29,7 @@ from gentrain.models.base import (
     StepContext,
     labels_of,
     require_class_labels,
+    sampling_labels,
 )
 from gentrain.nets.conv import ConvDecoder, ConvEncoder, default_num_down
 
@@ -208,13 +209,8 @@ class VAE(GenerativeModel):
         device = self._device()
         label = None
         if self.conditional:
-            if cond is None:
-                cond = {"label": torch.arange(n, device=device) % self.spec.num_classes}
-            require(
-                cond["label"].shape[0] == n,
-                f"sample(n={n}) got {cond['label'].shape[0]} labels; pass one label per image.",
-            )
-            label = F.one_hot(cond["label"].to(device), self.spec.num_classes)
+            label = F.one_hot(sampling_labels(cond, n, self.spec.num_classes, device),
+                              self.spec.num_classes)
         z = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=self._dtype())
         return self.mean_image(self.decode(z, label))
 
