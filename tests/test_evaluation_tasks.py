@@ -200,3 +200,16 @@ def test_sample_labels_choose_the_classes_of_a_conditional_model(tmp_path: Path)
     with pytest.raises(GentrainError, match="class ids"):
         run_task(tmp_path / "bad", ["task=sample", f"ckpt={run_dir}", "sample.labels=[99]"],
                  base=FAMILIES["gan"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.monitor_mode=best", "trainer.monitor_mode='best' is not one of auto, min, max"),
+    ("trainer.monitor=main/loss", "is not a held-out metric"),
+    ("eval.features=vgg", "eval.features='vgg' is not one of"),
+    ("eval.sample_quality=[fid,lpips]", "eval.sample_quality names lpips"),
+])
+def test_bad_monitor_and_sample_quality_settings_are_clear_errors(
+        override: str, message: str, tmp_path: Path) -> None:
+    quality = [] if override.startswith("trainer.") else ["trainer.eval_sample_quality=true"]
+    with pytest.raises(GentrainError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        run_task(tmp_path, ["trainer.max_steps=1", *quality, override], base=FAMILIES["gan"])

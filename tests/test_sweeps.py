@@ -35,6 +35,13 @@ def test_long_names_keep_a_prefix_and_a_hash_and_never_hold_a_separator() -> Non
     assert name != safe_name(",".join(long) + "y")  # the hash tells them apart
 
 
+def test_a_key_both_fixed_and_swept_still_names_the_jobs() -> None:
+    """``-m data.batch_size=8 data.batch_size=4,8`` (a base list plus a sweep, as scripts
+    build them): the swept key must stay in the job directories, or both jobs share one."""
+    out = with_sweep_name(["-m", "data.batch_size=8", "data.batch_size=4,8"])
+    assert out[-1] == "hydra.job.config.override_dirname.exclude_keys=[sweep_name]"
+
+
 def test_a_multirun_command_gets_its_sweep_name_and_jobs_named_by_what_varies() -> None:
     argv = ["-m", "model.latent_dim=4,8", "trainer.max_steps=5", "hydra/launcher=basic"]
     out = with_sweep_name(argv)
@@ -164,3 +171,13 @@ def test_an_optuna_study_interrupted_after_two_trials_continues_to_four(tmp_path
     assert sorted(s["resumed_from_step"] > 0 for s in summaries.values()) == [False] * 3 + [True]
     assert (sweep_dir / "optimization_results.yaml").is_file()
     assert (sweep_dir / "summary.csv").is_file()
+
+
+def test_a_job_with_bad_input_fails_the_sweep_with_its_one_paragraph(tmp_path: Path) -> None:
+    """Inside a multirun a GentrainError becomes a recorded job failure, so the other jobs
+    still run; the sweep then exits non-zero and the user still reads the paragraph."""
+    result = gentrain_cli(_sweep(["model.latent_dim=0,4"], ["trainer.max_steps=2"]), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "gentrain: error: model.latent_dim must be >= 1" in result.stderr
+    summaries = list((tmp_path / "outputs").rglob("summary.json"))
+    assert [p.parent.name for p in summaries] == ["model.latent_dim=4"]

@@ -77,8 +77,10 @@ def with_sweep_name(argv: list[str]) -> list[str]:
         added.append(f"sweep_name='{sweep_name_from_overrides(overrides)}'")
     if not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
         # Jobs are named by what varies: the fixed overrides are left out of their directories.
-        fixed = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides
-                        if o not in swept} - {"sweep_name"})
+        def key(override: str) -> str:
+            return override.split("=", 1)[0].lstrip("+~")
+        fixed = sorted({key(o) for o in overrides if o not in swept}
+                       - {key(o) for o in swept} - {"sweep_name"})
         added.append("hydra.job.config.override_dirname.exclude_keys="
                      f"[{','.join(['sweep_name', *fixed])}]")
     return [*argv, *added]
