@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,21 +143,8 @@ def plot_training_curves(metrics_path: Path, out_path: Path, title: str | None =
     return _save(fig, out_path)
 
 
-def rank_runs(runs: list[SweepRun], higher_is_better: bool) -> list[SweepRun]:
-    """Runs with a finite value best first, then the others in their original order."""
-    scored = [r for r in runs if r.value is not None and math.isfinite(r.value)]
-    scored.sort(key=lambda r: r.value, reverse=higher_is_better)
-    return scored + [r for r in runs if all(r is not s for s in scored)]
-
-
-def _labels(runs: list[SweepRun]) -> list[str]:
-    """Short legend labels: overrides shared by every run say nothing, so they are dropped."""
-    # Split on commas that start a new ``key=``, so list values like ``[64,128]`` stay whole.
-    parts = [re.split(r",(?=[\w.+~/@-]+=)", r.name) for r in runs]
-    common = set.intersection(*(set(p) for p in parts)) if len(runs) > 1 else set()
-    labels = [",".join(p for p in items if p not in common) or run.name
-              for run, items in zip(runs, parts, strict=True)]
-    return [lb if len(lb) <= _LABEL_CHARS else lb[: _LABEL_CHARS - 1] + "…" for lb in labels]
+def _label(name: str) -> str:
+    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
 def _curves(runs: list[SweepRun], monitor: str) -> tuple[str, dict[int, Series]]:
@@ -178,14 +164,15 @@ def _curves(runs: list[SweepRun], monitor: str) -> tuple[str, dict[int, Series]]
 
 def plot_sweep_comparison(runs: list[SweepRun], monitor: str, out_path: Path,
                           higher_is_better: bool) -> Path | None:
-    """Curves of every run (left) beside final values best first (right); None if all empty."""
+    """Curves of every run (left) beside their final values (right), in the order given: the
+    sweep summary ranks the runs and names them by what differs. None if all are empty."""
     key, curves = _curves(runs, monitor)
-    ranked = rank_runs(runs, higher_is_better)
-    if not curves and not any(r.value is not None and math.isfinite(r.value) for r in ranked):
+    if not curves and not any(r.value is not None and math.isfinite(r.value) for r in runs):
         return None
     # One color per run in both panels; past ten runs the default cycle would repeat.
     palette = colormaps["tab10" if len(runs) <= 10 else "tab20"]
-    labels, colors = _labels(runs), [palette(i % palette.N) for i in range(len(runs))]
+    labels = [_label(r.name) for r in runs]
+    colors = [palette(i % palette.N) for i in range(len(runs))]
 
     fig = Figure(figsize=(13, max(4.0, 1.5 + 0.32 * len(runs))), dpi=100, layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
@@ -200,18 +187,15 @@ def plot_sweep_comparison(runs: list[SweepRun], monitor: str, out_path: Path,
     if curves:
         left.legend(fontsize="small")
 
-    index = {id(r): i for i, r in enumerate(runs)}
-    for y, run in enumerate(ranked):
-        i = index[id(run)]
+    for y, run in enumerate(runs):
         if run.value is not None and math.isfinite(run.value):
-            right.barh(y, run.value, color=colors[i])
+            right.barh(y, run.value, color=colors[y])
             right.annotate(f" {run.value:.4g}", (run.value, y), va="center", fontsize="small")
         else:
             right.annotate(f" {run.status}", (0, y), va="center", fontsize="small",
                            color="firebrick", xycoords=("axes fraction", "data"))
-    right.set_yticks(range(len(ranked)), [labels[index[id(r)]] for r in ranked],
-                     fontsize="small")
-    right.set_ylim(len(ranked) - 0.5, -0.5)  # best at the top; rows without a bar stay in view
+    right.set_yticks(range(len(runs)), labels, fontsize="small")
+    right.set_ylim(len(runs) - 0.5, -0.5)  # best at the top; rows without a bar stay in view
     right.margins(x=0.2)
     direction = "higher" if higher_is_better else "lower"
     right.set_title(f"final {monitor} ({direction} is better)", fontsize="medium")

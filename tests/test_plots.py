@@ -15,7 +15,6 @@ from gentrain.plots import (
     SweepRun,
     plot_sweep_comparison,
     plot_training_curves,
-    rank_runs,
     read_metrics,
 )
 
@@ -110,14 +109,6 @@ def test_sweep_comparison_nothing_to_show(tmp_path: Path) -> None:
     out = tmp_path / "sweep.png"
     assert plot_sweep_comparison(runs, "bpd", out, higher_is_better=False) is None
     assert not out.exists()
-
-
-def test_rank_runs_best_first(tmp_path: Path) -> None:
-    runs = sweep_runs(tmp_path) + [SweepRun("x=1", None, math.nan, "COMPLETED")]
-    lower = [r.value for r in rank_runs(runs, higher_is_better=False)]
-    higher = [r.value for r in rank_runs(runs, higher_is_better=True)]
-    assert lower[:3] == [3.0, 3.4, None] and math.isnan(lower[3])
-    assert higher[:3] == [3.4, 3.0, None] and math.isnan(higher[3])
 
 
 def test_import_and_plot_keep_backend(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -59,9 +60,10 @@ def test_summary_ranks_by_the_monitor_direction_and_labels_by_what_differs(
     def row(job: str, value: float | None, lr: str) -> JobRow:
         return JobRow(job, "completed" if value is not None else "failed", value, 5, 1.0,
                       ["model=vae", f"model.optim.main.lr={lr}"], tmp_path / job)
-    rows = [row("a", 2.0, "1e-3"), row("b", None, "3e-3"), row("c", 1.0, "1e-2")]
-    assert [r.job for r in rank_rows(rows, higher_is_better=False)] == ["c", "a", "b"]
-    assert [r.job for r in rank_rows(rows, higher_is_better=True)] == ["a", "c", "b"]
+    rows = [row("a", 2.0, "1e-3"), row("b", None, "3e-3"), row("c", 1.0, "1e-2"),
+            row("d", math.nan, "3e-2")]
+    assert [r.job for r in rank_rows(rows, higher_is_better=False)] == ["c", "a", "b", "d"]
+    assert [r.job for r in rank_rows(rows, higher_is_better=True)] == ["a", "c", "b", "d"]
     assert varying_overrides(rows)["a"] == ["lr=1e-3"]
 
 
