@@ -19,10 +19,16 @@ from gentrain.data.core.seeding import derive_seed
 from gentrain.data.core.tensor_data import TensorDataModule, TensorSplit
 from gentrain.data.core.transforms import random_hflip
 from gentrain.data.pairs.tasks import pair_tensor_module, parse_pair
+from gentrain.data.pairs.unpaired import UnpairedDataModule, unpaired_classes
 from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import require
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
+# data.labels=attributes: the shape's colour family (one of three, from its hue) and whether
+# the background is light, as {0, 1} attributes a translator such as StarGAN can change.
+COLOUR_FAMILIES = ("red", "green", "blue")
+ATTRIBUTE_NAMES = (*COLOUR_FAMILIES, "light_background")
+LABEL_KINDS = ("class", "attributes")
 SUPERSAMPLE = 2  # render at 2× and average down: anti-aliased edges
 CHUNK = 512  # images rendered at once; bounds memory at high resolution
 
@@ -52,18 +58,48 @@ def _hsv_to_rgb(hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
     return value[:, None] * (1 - saturation[:, None] * ramp)
 
 
-def render_shapes(n: int, resolution: int, channels: int, seed: int) -> TensorSplit:
-    """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps."""
+def _attribute_colours(n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Colours for ``data.labels=attributes``: (fg, bg) RGB (n, 3) and {0, 1} attributes (n, 4).
+
+    The shape's hue lies within ±0.05 of pure red, green or blue (one family each, vivid), and
+    half of the backgrounds are light (value 0.8-0.95) instead of dark (0.05-0.3), both barely
+    saturated, so each attribute is plain to see at 32 px and a translator changes it by
+    recolouring the shape or the background.
+    """
+    family = torch.randint(len(COLOUR_FAMILIES), (n,), generator=g)
+    hue = (family / len(COLOUR_FAMILIES) + 0.1 * torch.rand(n, generator=g) - 0.05) % 1
+    fg = _hsv_to_rgb(hue, 0.75 + 0.25 * torch.rand(n, generator=g),
+                     0.8 + 0.2 * torch.rand(n, generator=g))
+    light = torch.rand(n, generator=g) < 0.5
+    bg_value = torch.where(light, 0.8 + 0.15 * torch.rand(n, generator=g),
+                           0.05 + 0.25 * torch.rand(n, generator=g))
+    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.15 * torch.rand(n, generator=g), bg_value)
+    attributes = torch.cat([F.one_hot(family, len(COLOUR_FAMILIES)), light[:, None]], dim=1)
+    return fg, bg, attributes.float()
+
+
+def render_shapes(
+    n: int, resolution: int, channels: int, seed: int, attributes: bool = False
+) -> TensorSplit:
+    """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps;
+    with ``attributes`` the labels are the float (n, 4) :data:`ATTRIBUTE_NAMES` instead and
+    the colours follow them (the class-labelled images stay exactly as they were)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_NAMES), (n,), generator=g)
     size = 0.18 + 0.17 * torch.rand(n, generator=g)
     centre = size[:, None] + (1 - 2 * size[:, None]) * torch.rand(n, 2, generator=g)
-    # A vivid shape on a dark, muted background: brightness differs by at least 0.45, so
-    # every shape is visible, in colour and in grey, and colour stays a few smooth factors to learn.
-    fg_value = 0.75 + 0.25 * torch.rand(n, generator=g)
-    bg_value = 0.05 + 0.25 * torch.rand(n, generator=g)
-    fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g), fg_value)
-    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.5 * torch.rand(n, generator=g), bg_value)
+    if attributes:
+        require(channels == 3, "data.labels=attributes names colours: use data.channels=3.")
+        fg, bg, attribute_labels = _attribute_colours(n, g)
+    else:
+        # A vivid shape on a dark, muted background: brightness differs by at least 0.45, so
+        # every shape is visible, in colour and in grey, and colour stays a few smooth factors
+        # to learn.
+        fg_value = 0.75 + 0.25 * torch.rand(n, generator=g)
+        bg_value = 0.05 + 0.25 * torch.rand(n, generator=g)
+        fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g),
+                         fg_value)
+        bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.5 * torch.rand(n, generator=g), bg_value)
     if channels == 1:  # grey images show the value (brightness) of the same colours
         fg, bg = fg_value[:, None], bg_value[:, None]
 
@@ -83,35 +119,46 @@ def render_shapes(n: int, resolution: int, channels: int, seed: int) -> TensorSp
         coverage = F.avg_pool2d(inside, SUPERSAMPLE)[:, 0]
         label_maps.append((coverage >= 0.5) * (labels[sl, None, None] + 1))
     pixels = (torch.cat(images) * 255).round().clamp(0, 255).to(torch.uint8)
-    return TensorSplit(pixels, labels, torch.cat(label_maps).to(torch.uint8))
+    return TensorSplit(pixels, attribute_labels if attributes else labels,
+                       torch.cat(label_maps).to(torch.uint8))
 
 
 def shapes(
     *, batch_size: int, resolution: int = 32, channels: int = 3, num_train: int = 20000,
     num_test: int = 1000, seed: int = 0, hflip: bool = True,
-    pair: str | dict[str, Any] | None = None,
-) -> TensorDataModule:
+    pair: str | dict[str, Any] | None = None, labels: str = "class",
+    unpaired: str | None = None,  # "circle:square": two classes as unpaired domains A, B
+) -> TensorDataModule | UnpairedDataModule:
     """The shapes dataset as a :class:`TensorDataModule` (train and test splits).
 
-    ``pair`` makes it an image-to-image task (see pairs.py); ``labels`` uses the exact label
-    maps; an edge cache goes under the default data root.
+    ``pair`` makes it an image-to-image task (see pairs.py); ``pair=labels`` uses the exact
+    label maps; an edge cache goes under the default data root. The argument ``labels`` is
+    ``class`` (the shape) or ``attributes`` (:data:`ATTRIBUTE_NAMES`, float {0, 1}, for
+    attribute translators such as StarGAN).
     """
     require(channels in (1, 3), f"data.channels must be 1 or 3 for shapes, not {channels}.")
     require(resolution >= 8, f"data.resolution must be at least 8 for shapes, not {resolution}.")
     require(num_train >= 1, f"data.num_train must be at least 1 for shapes, not {num_train}.")
     require(num_test >= 1, f"data.num_test must be at least 1 for shapes, not {num_test}.")
+    require(labels in LABEL_KINDS,
+            f"data.labels={labels!r} is not one of {', '.join(LABEL_KINDS)} for shapes.")
     task = parse_pair(pair)
+    attributes = labels == "attributes"
+    names = ATTRIBUTE_NAMES if attributes else SHAPE_NAMES
     spec = DataSpec(
         name="shapes", channels=channels, height=resolution, width=resolution,
-        label_kind="class", num_classes=len(SHAPE_NAMES), class_names=SHAPE_NAMES,
-        has_label_map=True,
+        label_kind="attributes" if attributes else "class", num_classes=len(names),
+        class_names=names, has_label_map=True,
     )
     splits = {
-        "train": render_shapes(num_train, resolution, channels, derive_seed(seed, "train")),
-        "test": render_shapes(num_test, resolution, channels, derive_seed(seed, "test")),
+        "train": render_shapes(num_train, resolution, channels, derive_seed(seed, "train"),
+                               attributes),
+        "test": render_shapes(num_test, resolution, channels, derive_seed(seed, "test"),
+                              attributes),
     }
     module = TensorDataModule(
         spec=spec, splits=splits, batch_size=batch_size,
         train_transforms=[random_hflip] if hflip else [],
     )
-    return pair_tensor_module(task, module, cache_dir(resolve_root(None)))
+    module = pair_tensor_module(task, module, cache_dir(resolve_root(None)))
+    return module if unpaired is None else unpaired_classes(module, unpaired)
