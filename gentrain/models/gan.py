@@ -126,15 +126,25 @@ class GAN(GenerativeModel):
 
     # -- training -----------------------------------------------------------------------------
 
-    def _noise(self, n: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.latent_dim, device=like.device, generator=generator)
+    def _latent(self, n: int, device: torch.device,
+                generator: torch.Generator | None = None) -> Tensor:
+        """G's input for ``n`` samples: z ~ N(0, I) (InfoGAN appends its codes)."""
+        return torch.randn(n, self.latent_dim, device=device, generator=generator)
 
-    def _generate(self, batch: Batch, keep_graph: bool) -> tuple[Tensor, Tensor | None]:
-        """Fakes for ``batch``'s size and labels, through the trainer's wrapped generator."""
+    def _generate(self, batch: Batch, keep_graph: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Fakes for ``batch``'s size and labels, through the trainer's wrapped generator, with
+        the labels and latents that made them."""
         label = self.condition(batch)["label"] if self.conditional else None  # type: ignore[index]
-        z = self._noise(batch["image"].shape[0], batch["image"])
+        latent = self._latent(batch["image"].shape[0], batch["image"].device)
         with contextlib.nullcontext() if keep_graph else torch.no_grad():
-            return self.network("generator")(z, label), label
+            return self.network("generator")(latent, label), label, latent
+
+    def _judge_fakes(self, critic: nn.Module, fake: Tensor, label: Tensor | None,
+                     latent: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """D's logits on ``fake``, and the terms a family adds on the fakes in both phases, in
+        ``loss``'s convention (``loss`` is added to the phase's loss, the rest is logged). A
+        plain GAN adds none; InfoGAN's Q head recovers the codes in ``latent`` here."""
+        return critic(fake, label), {}
 
     def loss(
         self, batch: Batch, phase: str, ctx: StepContext | None = None
@@ -148,13 +158,16 @@ class GAN(GenerativeModel):
 
     def _discriminator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         reuse = self.critic_steps == 1 and ctx.reuse_graphs  # G's step takes these fakes
-        fake, label = self._generate(batch, keep_graph=reuse)
+        fake, label, latent = self._generate(batch, keep_graph=reuse)
         if reuse:
-            ctx.scratch["fake"] = (fake, label)
+            ctx.scratch["fake"] = (fake, label, latent)
         real = batch["image"]
         critic = self.network("discriminator")
-        real_logits, fake_logits = critic(real, label), critic(fake.detach(), label)
+        real_logits = critic(real, label)
+        fake_logits, extra = self._judge_fakes(critic, fake.detach(), label, latent)
         loss = discriminator_loss(self.loss_kind, real_logits, fake_logits)
+        if "loss" in extra:
+            loss = loss + extra.pop("loss")
         out = {"real_logit": real_logits.detach().float().mean(),
                "fake_logit": fake_logits.detach().float().mean()}
         if self.loss_kind == "wgan-gp":
@@ -164,14 +177,18 @@ class GAN(GenerativeModel):
             out["gradient_penalty"] = penalty.detach()
             out["wasserstein_estimate"] = (out["real_logit"] - out["fake_logit"])
             loss = loss + self.gp_weight * penalty
-        return {"loss": loss, **out}
+        return {"loss": loss, **out, **extra}
 
     def _generator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         reused = ctx.scratch.pop("fake", None)
-        fake, label = reused if reused is not None else self._generate(batch, keep_graph=True)
+        fake, label, latent = (reused if reused is not None
+                               else self._generate(batch, keep_graph=True))
         with frozen(self.discriminator) as critic:
-            fake_logits = critic(fake, label)
-        return {"loss": generator_loss(self.loss_kind, fake_logits)}
+            fake_logits, extra = self._judge_fakes(critic, fake, label, latent)
+        loss = generator_loss(self.loss_kind, fake_logits)
+        if "loss" in extra:
+            loss = loss + extra.pop("loss")
+        return {"loss": loss, **extra}
 
     def training_warnings(self, metrics: dict[str, float]) -> list[str]:
         d_loss = metrics.get("discriminator/loss")
@@ -194,8 +211,7 @@ class GAN(GenerativeModel):
     ) -> Tensor:
         device = next(self.generator.parameters()).device
         label = sampling_labels(cond, n, self.num_classes, device) if self.conditional else None
-        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
-        return self.generator(z, label).float().clamp(-1, 1)
+        return self.generator(self._latent(n, device, generator), label).float().clamp(-1, 1)
 
     @torch.no_grad()
     def visuals(self, batch: Batch, generator: torch.Generator) -> dict[str, Grid]:

@@ -12,6 +12,9 @@ concatenated to z in DCGAN, class-conditional batch norm in the ResNet) and make
 projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + ⟨embed(y), Σ_xy h⟩, h being
 D's last feature map and ψ its unconditional output layer.
 
+Each discriminator splits into ``body`` (every layer up to its last features) and ``head`` (the
+logit from them), so that InfoGAN's Q head (``InfoDiscriminator``) shares the body.
+
 28 px images (MNIST) are handled at 32 px: G generates 32x32 and keeps the centre 28x28, D
 pads its input back to 32x32 with the constant -1, the black background of digits in [-1, 1]
 (zero padding in [0, 1] pixel terms); reflection would mirror strokes into the border.
@@ -151,6 +154,7 @@ class DCGANDiscriminator(nn.Module):
                        _d_norm(norm, 2 * width), nn.LeakyReLU(0.2)]
             width *= 2
         self.features = nn.Sequential(*layers)
+        self.feature_dim = width * 4 * 4  # values per image of body()'s 4x4 map
         self.out = nn.Conv2d(width, 1, 4)
         self.embed = nn.Embedding(num_classes, width) if num_classes else None
         normal_init(self)
@@ -160,8 +164,16 @@ class DCGANDiscriminator(nn.Module):
             _spectral_norm(self)
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
+        return self.head(self.body(x), label)
+
+    def body(self, x: Tensor) -> Tensor:
+        """The last conv layer's 4x4 map h (feature_dim values per image), the part of D that
+        InfoGAN's Q head shares."""
+        return self.features(_pad(x, self.side))
+
+    def head(self, h: Tensor, label: Tensor | None = None) -> Tensor:
+        """The logits (B,) from :meth:`body`'s features."""
         _check_label(self.num_classes, label)
-        h = self.features(_pad(x, self.side))
         return self.out(h).flatten() + _project(self.embed, label, h.sum(dim=(2, 3)))
 
 
@@ -299,15 +311,60 @@ class ResNetDiscriminator(nn.Module):
             DownBlock(base_channels, down=False),
             DownBlock(base_channels, down=False),
         )
+        self.feature_dim = base_channels  # of body(): the features summed over positions
         self.linear = _glorot(nn.Linear(base_channels, 1))
         self.embed = _glorot(nn.Embedding(num_classes, base_channels)) if num_classes else None
         if spectral_norm:
             _spectral_norm(self)
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
+        return self.head(self.body(x), label)
+
+    def body(self, x: Tensor) -> Tensor:
+        """The residual blocks' features summed over positions, (B, feature_dim): the part of
+        D that InfoGAN's Q head shares."""
+        return F.relu(self.blocks(_pad(x, self.side))).sum(dim=(2, 3))
+
+    def head(self, h: Tensor, label: Tensor | None = None) -> Tensor:
+        """The logits (B,) from :meth:`body`'s features."""
         _check_label(self.num_classes, label)
-        h = F.relu(self.blocks(_pad(x, self.side))).sum(dim=(2, 3))
         return self.linear(h).squeeze(1) + _project(self.embed, label, h)
+
+
+# -- InfoGAN ------------------------------------------------------------------------------------
+
+
+class InfoDiscriminator(nn.Module):
+    """A GAN discriminator with InfoGAN's recognition head Q(c | x) on its body (Chen et al.).
+
+    Q shares every layer of D's body and adds FC(hidden)-BN-LeakyReLU(0.2)-FC(q_outputs), the
+    paper's Q head, initialised N(0, 0.02) like the reference code's fully connected layers.
+    ``forward(x, label)`` is D's logit alone (so the GAN losses and the gradient penalty use it
+    unchanged); ``forward(x, label, with_q=True)`` also returns Q's raw outputs, from one pass
+    of the body.
+    """
+
+    def __init__(self, critic: DCGANDiscriminator | ResNetDiscriminator, q_outputs: int,
+                 hidden: int = 128) -> None:
+        super().__init__()
+        require(q_outputs >= 1 and hidden >= 1,
+                f"InfoGAN's Q head needs >= 1 output and hidden unit, not {q_outputs} and "
+                f"{hidden}.")
+        self.critic = critic
+        self.q = nn.Sequential(nn.Flatten(), nn.Linear(critic.feature_dim, hidden, bias=False),
+                               nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
+                               nn.Linear(hidden, q_outputs))
+        for m in self.q.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, label: Tensor | None = None,
+                with_q: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        h = self.critic.body(x)
+        logits = self.critic.head(h, label)
+        return (logits, self.q(h)) if with_q else logits
 
 
 # -- factory ------------------------------------------------------------------------------------
