@@ -265,3 +265,55 @@ def write_class_folder(folder: Path, classes: tuple[str, ...] = ("cats", "dogs",
             array = np.full((40, 50, 3), (60 * c + 20, 100, 100), dtype=np.uint8)
             suffix = ".png" if k % 2 else ".jpg"
             Image.fromarray(array).save(folder / name / f"img{k}{suffix}")
+
+
+# ---------------------------------------------------------------- CycleGAN zips and folders
+def domain_image(side: str, index: int, size: int = 20) -> Image.Image:
+    """A flat image whose colour says its domain (A red, B blue) and its green level its
+    index (10 per step), so a batch tells which files it holds after any crop or flip."""
+    colour = (220, 10 * index, 20) if side == "A" else (20, 10 * index, 220)
+    return Image.new("RGB", (size, size), colour)
+
+
+def write_domain_folder(folder: Path, side: str, n: int, size: int = 20) -> None:
+    """FOLDER/K.png for K < n, lossless so the colours survive exactly."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        domain_image(side, k, size).save(folder / f"{k:03d}.png")
+
+
+def write_cyclegan_zip(path: Path, name: str = "horse2zebra", size: int = 20,
+                       counts: dict[str, int] | None = None) -> dict[str, int]:
+    """NAME.zip holding NAME/{trainA,trainB,testA,testB}/K.jpg (the authors' layout)."""
+    import zipfile
+
+    counts = counts or {"trainA": 4, "trainB": 6, "testA": 2, "testB": 3}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, n in counts.items():
+            for k in range(n):
+                buffer = io.BytesIO()
+                domain_image(split[-1], k, size).save(buffer, "JPEG", quality=95)
+                archive.writestr(f"{name}/{split}/{k + 1}.jpg", buffer.getvalue())
+    return counts
+
+
+def write_malicious_zips(folder: Path, outside: Path, name: str = "evil") -> dict[str, Path]:
+    """Zips of NAME/... that each try to escape: ``..``, an absolute path, a symlink entry."""
+    import stat
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {}
+    link = zipfile.ZipInfo(f"{name}/trainA/link.jpg")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    entries = {"dotdot": (f"{name}/../../escaped.txt", b"x"),
+               "absolute": (str(outside / "absolute.txt"), b"x"),
+               "symlink": (link, b"../../../etc/passwd")}
+    for kind, (entry, data) in entries.items():
+        path = folder / f"{name}_{kind}.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr(f"{name}/trainA/1.jpg", b"not really a jpeg")
+            archive.writestr(entry, data)
+        made[kind] = path
+    return made

@@ -39,6 +39,7 @@ class DataSpec:
     class_names: tuple[str, ...] = ()
     source_channels: int = 0  # > 0 when batches carry a paired ``source`` image
     has_label_map: bool = False
+    unpaired: bool = False  # ``source`` and ``image`` come from two domains, not aligned pairs
 
     @property
     def dims(self) -> int:

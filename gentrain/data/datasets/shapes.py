@@ -19,6 +19,7 @@ from gentrain.data.core.seeding import derive_seed
 from gentrain.data.core.tensor_data import TensorDataModule, TensorSplit
 from gentrain.data.core.transforms import random_hflip
 from gentrain.data.pairs.tasks import pair_tensor_module, parse_pair
+from gentrain.data.pairs.unpaired import UnpairedDataModule, unpaired_classes
 from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import require
 
@@ -126,7 +127,8 @@ def shapes(
     *, batch_size: int, resolution: int = 32, channels: int = 3, num_train: int = 20000,
     num_test: int = 1000, seed: int = 0, hflip: bool = True,
     pair: str | dict[str, Any] | None = None, labels: str = "class",
-) -> TensorDataModule:
+    unpaired: str | None = None,  # "circle:square": two classes as unpaired domains A, B
+) -> TensorDataModule | UnpairedDataModule:
     """The shapes dataset as a :class:`TensorDataModule` (train and test splits).
 
     ``pair`` makes it an image-to-image task (see pairs.py); ``pair=labels`` uses the exact
@@ -158,4 +160,5 @@ def shapes(
         spec=spec, splits=splits, batch_size=batch_size,
         train_transforms=[random_hflip] if hflip else [],
     )
-    return pair_tensor_module(task, module, cache_dir(resolve_root(None)))
+    module = pair_tensor_module(task, module, cache_dir(resolve_root(None)))
+    return module if unpaired is None else unpaired_classes(module, unpaired)

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.request
@@ -97,12 +98,29 @@ def _check_tar(tar: tarfile.TarFile, archive: Path) -> None:
             )
 
 
+def _zip_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip entry may not be extracted, or None when it is safe."""
+    if _unsafe_name(info.filename):
+        return "its path is absolute or contains '..'"
+    # The Unix file type, when the archive was made on Unix (0 when no type was recorded).
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    # zipfile would write a link's target as a plain file; a link in a dataset archive is
+    # never intended, so refuse it rather than extract something other than it claims.
+    if kind == stat.S_IFLNK:
+        return "it is a symbolic link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "it is a device, FIFO or socket"
+    return None
+
+
 def _check_zip(archive_file: zipfile.ZipFile, archive: Path) -> None:
-    for name in archive_file.namelist():
-        if _unsafe_name(name):
+    for info in archive_file.infolist():
+        problem = _zip_problem(info)
+        if problem:
             raise GentrainError(
-                f"Refusing to extract {archive}: entry '{name}' has an absolute path or '..'. "
-                "Nothing was extracted. Delete the file and download it again."
+                f"Refusing to extract {archive}: entry '{info.filename}' is unsafe because "
+                f"{problem}. Nothing was extracted. Delete the file and download it again from "
+                "a trusted source."
             )
 
 
