@@ -478,9 +478,13 @@ class Trainer:
         generator = generator_for(self.device, self.seed, "samples")
         with self.autocast():  # samplers (DDPM: 50 network passes a grid) run at train precision
             grids = model.visuals(self.fixed_batch, generator)
+            figures = model.figures(self.fixed_batch)
         model.train(was_training)
         self.model.train()  # an EMA model shares the networks it does not average
         written = {name: self.log.grid(self.step, name, grid) for name, grid in grids.items()}
+        for name, png in figures.items():  # pictures that are not grids: PNG bytes as they are
+            path = written[name] = self.log.samples_dir / f"{name}_{self.step:08d}.png"
+            path.write_bytes(png)
         self.latest_grids = {name: str(path) for name, path in written.items() if path}
         self._done_at["visuals"] = self.step
 

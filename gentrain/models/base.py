@@ -200,6 +200,12 @@ class GenerativeModel(nn.Module):
         n = batch["image"].shape[0]
         return {"samples": Grid(self.sample(n, self.condition(batch), generator), nrow=8)}
 
+    @torch.no_grad()
+    def figures(self, batch: Batch) -> dict[str, bytes]:
+        """Named PNG images (encoded bytes) that are not image grids, e.g. a scatter of 2-d
+        codes; saved next to the grids at the same cadence, from the same fixed batch."""
+        return {}
+
     def condition(self, batch: Batch) -> Batch | None:
         """The part of ``batch`` this model conditions on (None for unconditional models)."""
         return None
