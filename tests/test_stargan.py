@@ -91,17 +91,20 @@ def test_the_d_step_classifies_real_images_by_their_own_labels() -> None:
         real_src, real_cls = model.discriminator(x)
         fake_src, _ = model.discriminator(model.translate(x, target))
     assert torch.allclose(out["classification"], hand_bce(real_cls, label), atol=1e-5)
-    assert torch.allclose(out["adversarial"], fake_src.mean() - real_src.mean(), atol=1e-6)
+    assert torch.allclose(out["wasserstein_estimate"], real_src.mean() - fake_src.mean(),
+                          atol=1e-6)
     assert out["gradient_penalty"] > 0
-    assert torch.allclose(out["loss"], out["adversarial"] + out["classification"]
+    assert torch.allclose(out["loss"], -out["wasserstein_estimate"] + out["classification"]
                           + 10.0 * out["gradient_penalty"], atol=1e-5)
 
 
 def test_the_discriminator_has_a_patch_head_and_a_domain_head_sized_from_the_resolution(
 ) -> None:
-    paper = StarDiscriminator(3, 128, 5)  # the appendix: six 4x4 stride-2 convs, 64 -> 2048
+    # The appendix at 128 px: six 4x4 stride-2 convs, doubling from 64 to 2048 (32 x base).
+    paper = StarDiscriminator(3, 128, 5, base_channels=4)
     convs = [m for m in paper.body if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 6 and convs[-1].out_channels == 2048
+    assert len(convs) == 6 and convs[-1].out_channels == 32 * 4
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
     assert paper.cls.kernel_size == (2, 2) and paper.src.kernel_size == (3, 3)
     src, cls = paper(torch.zeros(2, 3, 128, 128))
     assert src.shape == (2, 1, 2, 2) and cls.shape == (2, 5)
@@ -125,11 +128,20 @@ def test_grid_targets_flip_each_attribute_or_set_one_colour_of_the_group() -> No
         model.sample(2)
 
 
+@pytest.fixture(scope="module")
+def star_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[dict]]:
+    """Two training steps with three critic updates each, every optimizer step recorded."""
+    run_dir = tmp_path_factory.mktemp("stargan")
+    with pytest.MonkeyPatch.context() as patch:
+        steps = record_phase_steps(patch)
+        result = star_task(run_dir, ["trainer.max_steps=2", "model.critic_steps=3"])
+    return run_dir, result, steps
+
+
 def test_n_critic_updates_per_g_update_each_leaving_the_other_network_unchanged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    star_run: tuple[Path, dict, list[dict]]
 ) -> None:
-    steps = record_phase_steps(monkeypatch)
-    result = star_task(tmp_path, ["trainer.max_steps=2", "model.critic_steps=3"])
+    _, result, steps = star_run
     assert result["steps"] == 2
     assert [s["phase"] for s in steps] == (["discriminator"] * 3 + ["generator"]) * 2
     assert result["images_seen"] == 2 * (3 + 1) * 8  # a fresh batch per critic update + G's
@@ -143,10 +155,10 @@ def test_n_critic_updates_per_g_update_each_leaving_the_other_network_unchanged(
 
 
 def test_stargan_trains_on_shape_attributes_and_writes_the_translation_grid(
-    tmp_path: Path
+    star_run: tuple[Path, dict, list[dict]]
 ) -> None:
-    result = star_task(tmp_path, ["trainer.max_steps=2", "model.critic_steps=2"])
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    run_dir, result, _ = star_run
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert {"eval/rec_l1", "eval/cls_accuracy"} <= set(result["eval"])
     metrics = summary["final_metrics"]

@@ -165,10 +165,8 @@ class StarGAN(GenerativeModel):
         penalty = gradient_penalty(lambda x: self.discriminator(x)[0], real, fake)
         loss = adversarial + self.cls_weight * classification + self.gp_weight * penalty
         accuracy = ((real_cls.detach() > 0).float() == label).float().mean()
-        return {"loss": loss, "adversarial": adversarial.detach(),
+        return {"loss": loss, "wasserstein_estimate": -adversarial.detach(),
                 "classification": classification.detach(), "gradient_penalty": penalty.detach(),
-                "wasserstein_estimate": (real_src.detach().float().mean()
-                                         - fake_src.detach().float().mean()),
                 "real_accuracy": accuracy}
 
     def _generator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
@@ -202,9 +200,10 @@ class StarGAN(GenerativeModel):
         (float (n, A) of {0, 1}); G is deterministic, so ``generator`` is unused."""
         key = "image" if cond is not None and "image" in cond else "source"
         require(cond is not None and key in cond and "label" in cond,
-                "StarGAN translates images: sample(n, cond) needs cond['image'] (or 'source') "
-                "and cond['label'], the target attributes of each image. Its training grids "
-                "(samples/translations_*.png) show the held-out images in every domain.")
+                "StarGAN translates images and draws none from noise: sample(n, cond) needs "
+                "cond['image'] (or 'source') and cond['label'], the target attributes of each "
+                "image (task=sample does not pass them). The training grids "
+                "(samples/translations_*.png) show held-out images in every domain.")
         images, targets = cond[key][:n], cond["label"][:n]  # type: ignore[index]
         require(targets.shape == (images.shape[0], self.num_domains),
                 f"StarGAN needs one target of {self.num_domains} attributes per image, got "
