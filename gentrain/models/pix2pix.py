@@ -90,6 +90,8 @@ class Pix2Pix(GenerativeModel):
                 "with data.pair=labels|edges|grayscale|lowres|mask (e.g. data=shapes "
                 "data.pair=labels)."
             )
+        require(not spec.unpaired, f"pix2pix needs aligned pairs, but data {spec.name!r} is "
+                "unpaired (two independent domains); use model=cyclegan.")
         require(spec.height == spec.width,
                 f"The pix2pix U-Net needs square images; data {spec.name!r} is "
                 f"{spec.height}x{spec.width}.")

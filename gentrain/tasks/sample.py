@@ -51,7 +51,7 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
     # the images depend on the seed and the chunk size only.
     for start in tqdm(range(0, num, chunk), desc="sample", unit="chunk", disable=num <= chunk):
         size = min(chunk, num - start)
-        cond = None if pairs is None else {"source": pairs["source"][start : start + size]}
+        cond = None if pairs is None else {k: v[start : start + size] for k, v in pairs.items()}
         if labels is not None:
             cond = {"label": labels[start : start + size]}
         with autocast():
