@@ -121,9 +121,11 @@ def test_grid_targets_flip_each_attribute_or_set_one_colour_of_the_group() -> No
     assert torch.equal(blue, torch.tensor([[0.0, 0, 1, 0], [0, 0, 1, 1]]))
     assert torch.equal(light, torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]]))
     images = tiny_batch(2)["image"]
-    # The target reaches G: another domain, another output.
-    assert not torch.equal(model.sample(2, {"image": images, "label": red}),
-                           model.sample(2, {"image": images, "label": light}))
+    # The target reaches G's output (under reflection padding the instance norm after the
+    # first conv would erase the constant c planes: differences of 1e-6, rounding only).
+    change = model.sample(2, {"image": images, "label": red}) \
+        - model.sample(2, {"image": images, "label": light})
+    assert change.abs().amax(dim=(1, 2, 3)).min() > 1e-3
     with pytest.raises(GentrainError, match="cond\\['label'\\]"):
         model.sample(2)
 

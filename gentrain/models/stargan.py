@@ -76,9 +76,11 @@ class StarGAN(GenerativeModel):
         self.cls_weight, self.rec_weight = cls_weight, rec_weight
         self.num_domains = spec.num_classes
         self.groups = _group_indices(exclusive_groups, spec.class_names)
+        # Zero padding, as in the paper: under reflection padding the replicated c would be
+        # constant after the first conv, and its instance norm would erase it.
         self.generator = ResnetGenerator(spec.channels + self.num_domains, spec.channels,
                                          base_channels=base_channels, num_blocks=num_blocks,
-                                         affine=True)
+                                         affine=True, padding="zeros")
         self.discriminator = StarDiscriminator(spec.channels, spec.height, self.num_domains,
                                                base_channels=d_base_channels,
                                                num_layers=d_layers)
