@@ -173,3 +173,23 @@ def test_bad_unpaired_shapes_settings_are_clear_errors() -> None:
     with pytest.raises(GentrainError, match="no data.pair"):
         shapes(batch_size=4, resolution=16, num_train=60, num_test=30, pair="grayscale",
                unpaired="circle:square")
+
+
+def test_the_unpaired_and_collection_configs_build(
+    folders: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from conftest import compose_config
+
+    from gentrain.data import build_data
+
+    small = ["data.resolution=16", "data.load_size=18", "data.num_workers=0"]
+    cfg = compose_config(["data=unpaired", f"data.a={folders[0]}", f"data.b={folders[1]}",
+                          *small])
+    assert build_data(cfg.data).spec.unpaired
+    write_cyclegan_zip(tmp_path / "root" / "cyclegan" / "apple2orange.zip", "apple2orange")
+    cfg = compose_config(["data=apple2orange", f"data.root={tmp_path / 'root'}",
+                          "data.download=false", *small])
+    data = build_data(cfg.data)
+    assert data.spec.name == "apple2orange" and data.spec.source_channels == 3
+    with pytest.raises(GentrainError, match="data.a=/path/to/domain_A_images"):
+        build_data(compose_config(["data=unpaired"]).data)
