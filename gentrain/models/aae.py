@@ -254,34 +254,43 @@ class AAE(GenerativeModel):
 
     @torch.no_grad()
     def figures(self, batch: Batch) -> dict[str, bytes]:
-        """``codes``: the held-out batch's codes coloured by class over grey prior samples, as
-        a PNG, in the first two dimensions (where the mixture and swiss roll are shaped; all of
-        a 2-d code). Nothing for 1-d codes."""
+        """``codes``: the held-out batch's codes coloured by class over prior samples (grey;
+        conditional: each class's part faintly in its colour), as a PNG, in the first two
+        dimensions (where the mixture and swiss roll are shaped; all of a 2-d code). Nothing
+        for 1-d codes."""
         if self.latent_dim < 2:
             return {}
         codes = self.encoder(batch["image"]).float().cpu()[:, :2]
         generator = torch.Generator().manual_seed(FIGURE_SEED)
-        prior = self.prior.sample(FIGURE_PRIOR_POINTS, generator=generator)[:, :2]
+        parts = (torch.arange(FIGURE_PRIOR_POINTS) % self.num_classes if self.conditional
+                 else None)
+        prior = self.prior.sample(FIGURE_PRIOR_POINTS, parts, generator)[:, :2]
         labels = batch.get("label") if self.spec.label_kind == "class" else None
         return {"codes": _scatter_png(codes, None if labels is None else labels.cpu(), prior,
-                                      self.spec.class_names)}
+                                      parts, self.spec.class_names)}
 
 
-def _scatter_png(codes: Tensor, labels: Tensor | None, prior: Tensor,
+def _scatter_png(codes: Tensor, labels: Tensor | None, prior: Tensor, parts: Tensor | None,
                  class_names: tuple[str, ...]) -> bytes:
-    """A PNG of 2-d ``codes`` (coloured by ``labels``) over ``prior`` samples, drawn headless
-    with Figure + FigureCanvasAgg (never pyplot, so no backend switch and no open figures)."""
+    """A PNG of 2-d ``codes`` (coloured by ``labels``) over ``prior`` samples (coloured by the
+    class ``parts`` they were drawn for, if any), drawn headless with Figure + FigureCanvasAgg
+    (never pyplot, so no backend switch and no open figures)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 5), dpi=100, layout="constrained")
     ax = fig.subplots()
-    ax.scatter(prior[:, 0], prior[:, 1], s=2, color="0.82", label="prior")
+    classes = max(int(t.max()) + 1 for t in (labels, parts, torch.zeros(1)) if t is not None)
+    palette = colormaps["tab10" if classes <= 10 else "tab20"]
+    if parts is None:
+        ax.scatter(prior[:, 0], prior[:, 1], s=2, color="0.82", label="prior")
+    else:
+        ax.scatter(prior[:, 0], prior[:, 1], s=2, c=[palette(k % 20) for k in parts.tolist()],
+                   alpha=0.15, label="prior (by class)")
     if labels is None:
         ax.scatter(codes[:, 0], codes[:, 1], s=10, color="C0", label="codes")
     else:
-        palette = colormaps["tab10" if int(labels.max()) < 10 else "tab20"]
         for k in labels.unique().tolist():
             chosen = labels == k
             name = class_names[k] if k < len(class_names) else str(k)
