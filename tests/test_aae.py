@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from conftest import FAST_RUN, run_task
 from PIL import Image
 from test_gan import record_phase_steps
+from test_resume import straight_and_resumed
 
 from gentrain.data.core.batch import DataSpec
+from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.aae import AAE
 from gentrain.models.vae import VAE
@@ -197,6 +199,16 @@ def test_the_generator_phase_reuses_the_codes_of_the_discriminator_phase(
     monkeypatch.setattr(AAE, "_encode", counting)
     aae_task(tmp_path, ["trainer.max_steps=3", "trainer.grad_accum=2"])
     assert calls["n"] == 3 * 2 * 2
+
+
+def test_resume_is_bitwise_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prior's draws come from the training RNG, which the checkpoint carries."""
+    setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
+             "trainer.sample_every=100", "model.prior=mixture", "model.conditional=true"]
+    straight_and_resumed(aae_task, tmp_path, setup, monkeypatch, at=2)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 # ---------------------------------------------------------------- smoke runs and pictures
