@@ -134,7 +134,8 @@ class AAE(GenerativeModel):
                 "discriminator": self.discriminator}
 
     def condition(self, batch: Batch) -> Batch | None:
-        return {"label": labels_of(batch, self.family)} if self.conditional else None
+        label = self._labels(batch)
+        return None if label is None else {"label": label}
 
     # -- the pieces ---------------------------------------------------------------------------
 
@@ -169,8 +170,9 @@ class AAE(GenerativeModel):
         """Mean squared error per pixel on the [-1, 1] scale.
 
         The AAE has no likelihood to report (its prior is matched adversarially, not by a
-        bound), so the reconstruction term only has to be a good distance; with each phase
-        on its own Adam optimizer its scale does not weigh it against the adversarial term.
+        bound), so the reconstruction term only has to be a good distance. Each phase has its
+        own Adam optimizer, which ignores a loss's scale: the phases' learning rates, not this
+        term's units, set how hard the encoder is pulled by each.
         """
         x = batch["image"]
         out = self.network("decoder")(self._encode(x)).float()
