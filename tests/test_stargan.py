@@ -1,6 +1,6 @@
 """StarGAN: its losses computed by hand, the critic's two heads, the n_critic phase ratio and the
-isolation of D and G updates on the Trainer, the translation grid, the recipes, attribute
-labels for the shapes dataset, and the errors for data without attributes."""
+isolation of D and G updates on the Trainer, the translation grid, resume, the recipes,
+attribute labels for the shapes dataset, and the errors for data without attributes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from conftest import FAST_RUN, compose_config, run_task
 from data_fixtures import patch_celeba_checksums, write_celeba
 from PIL import Image
 from test_gan import record_phase_steps
+from test_resume import straight_and_resumed
 
 from gentrain.data.core.batch import DataSpec
 from gentrain.data.datasets.shapes import ATTRIBUTE_NAMES, SHAPE_NAMES, render_shapes, shapes
+from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.stargan import StarGAN, classification_loss
 from gentrain.nets.stargan import StarDiscriminator
@@ -169,6 +171,19 @@ def test_stargan_trains_on_shape_attributes_and_writes_the_translation_grid(
     grid = Image.open(summary["samples"]["translations"])
     # 8 rows of input | red | green | blue | light-background flipped, 16 px, 2 px padding.
     assert grid.size == (5 * 16 + 6 * 2, 8 * 16 + 9 * 2)
+
+
+def test_stargan_resume_is_bitwise_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh critic batches, target permutations and penalty draws all replay on resume."""
+    setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
+             "trainer.sample_every=100", "trainer.log_every=2", "model.critic_steps=2"]
+    straight, resumed = straight_and_resumed(star_task, tmp_path, setup, monkeypatch, at=2)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert resumed["eval"] == straight["eval"]
 
 
 def test_class_labelled_data_is_a_clear_error(tmp_path: Path) -> None:
