@@ -173,6 +173,19 @@ def test_stargan_trains_on_shape_attributes_and_writes_the_translation_grid(
     assert grid.size == (5 * 16 + 6 * 2, 8 * 16 + 9 * 2)
 
 
+def test_task_sample_translates_test_images_to_every_domain(
+    star_run: tuple[Path, dict, list[dict]], tmp_path: Path
+) -> None:
+    run_dir = star_run[0]
+    result = run_task(tmp_path, ["task=sample", f"ckpt={run_dir}", "sample.num=4",
+                                 "sample.batch_size=3"], base=FAST_RUN[:2])
+    assert result["num"] == 4
+    assert Image.open(result["grid"]).size == (5 * 16 + 6 * 2, 4 * 16 + 5 * 2)
+    with pytest.raises(GentrainError, match="drop sample.source"):
+        run_task(tmp_path, ["task=sample", f"ckpt={run_dir}", f"sample.source={tmp_path}"],
+                 base=FAST_RUN[:2])
+
+
 def test_stargan_resume_is_bitwise_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -204,8 +204,7 @@ class StarGAN(GenerativeModel):
         require(cond is not None and key in cond and "label" in cond,
                 "StarGAN translates images and draws none from noise: sample(n, cond) needs "
                 "cond['image'] (or 'source') and cond['label'], the target attributes of each "
-                "image (task=sample does not pass them). The training grids "
-                "(samples/translations_*.png) show held-out images in every domain.")
+                "image. task=sample writes domain_grid() of the eval.split images instead.")
         images, targets = cond[key][:n], cond["label"][:n]  # type: ignore[index]
         require(targets.shape == (images.shape[0], self.num_domains),
                 f"StarGAN needs one target of {self.num_domains} attributes per image, got "
@@ -240,13 +239,18 @@ class StarGAN(GenerativeModel):
         return targets
 
     @torch.no_grad()
-    def visuals(self, batch: Batch, generator: torch.Generator) -> dict[str, Grid]:
-        """One row per held-out image: the input, then it translated to each domain in turn."""
-        images, labels = batch["image"][:GRID_ROWS].float(), self._labels(batch)[:GRID_ROWS]
+    def domain_grid(self, batch: Batch) -> Grid:
+        """One row per image of ``batch``: the input, then it translated to each domain in
+        turn (:meth:`domain_targets` of its labels); task=sample writes it too."""
+        images, labels = batch["image"].float(), self._labels(batch)
         columns = [images] + [self.sample(images.shape[0], {"image": images, "label": t})
                               for t in self.domain_targets(labels)]
-        return {"translations": Grid(torch.stack(columns, dim=1).flatten(0, 1),
-                                     nrow=len(columns))}
+        return Grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns))
+
+    @torch.no_grad()
+    def visuals(self, batch: Batch, generator: torch.Generator) -> dict[str, Grid]:
+        """The domain grid of the first held-out images."""
+        return {"translations": self.domain_grid({k: v[:GRID_ROWS] for k, v in batch.items()})}
 
 
 def _group_indices(groups: Sequence[Sequence[str]], names: Sequence[str]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
     )
     generator = torch.Generator(device=device).manual_seed(cfg.sample.seed)
     autocast = autocast_factory(device, str(cfg.trainer.precision))
+    if hasattr(model, "domain_grid"):  # attribute translators (StarGAN): nothing from noise
+        return domain_translations(cfg, config, model, int(state["step"]), device, run_dir,
+                                   autocast)
     pairs = sources_to_translate(cfg, config, model.spec, device) if model.spec.source_channels \
         else None
     if pairs is not None:
@@ -73,6 +76,30 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
             save_image(image, folder / f"{i:05d}.png")
     log.info("Wrote %s", grid)
     return {"grid": str(grid), "num": num, "step": int(state["step"])}
+
+
+def domain_translations(cfg: DictConfig, run_config: DictConfig, model: GenerativeModel,
+                        step: int, device: torch.device, run_dir: Path,
+                        autocast: Callable[[], Any]) -> dict[str, Any]:
+    """``sample.num`` images of the run's ``eval.split``, each in every domain of the model
+    (one row per image: the input, then its translations), in chunks of ``sample.batch_size``."""
+    require(cfg.sample.source is None,
+            f"This {model.family} translates images with their own labels (each image's "
+            "attributes), which a folder does not give: drop sample.source; task=sample "
+            "translates sample.num images of the run's eval.split.")
+    data = build_data(run_config.data)
+    batches = list(data.eval_batches(split=cfg.eval.split, device=device, limit=cfg.sample.num))
+    batch = {k: torch.cat([b[k] for b in batches]) for k in ("image", "label")}
+    num, chunk = batch["image"].shape[0], cfg.sample.batch_size
+    grids = []
+    for start in range(0, num, chunk):
+        with autocast():
+            grids.append(model.domain_grid({k: v[start : start + chunk]  # type: ignore[operator]
+                                            for k, v in batch.items()}))
+    shown = Grid(torch.cat([g.images for g in grids]), nrow=grids[0].nrow)
+    grid = RunLog(run_dir, tensorboard=False).grid(step, "sample", shown)
+    log.info("Wrote %s", grid)
+    return {"grid": str(grid), "num": num, "step": step}
 
 
 def class_labels(cfg: DictConfig, model: GenerativeModel, num: int,
