@@ -61,8 +61,9 @@ DEFAULT_GROUPS = _default_groups()
 OPTIONS = [(g, o) for g, opts in GROUPS.items() if g != "recipe" for o in opts]
 RECIPES = GROUPS.get("recipe", [])
 
-# Small sizes for instantiation, applied only to keys a config actually has.
-SMALL_DATA = {"batch_size": 8, "num_train": 64, "num_test": 16, "resolution": 16}
+# Small sizes for instantiation, applied only to keys a config actually has (192 shapes:
+# enough of each class for a batch when two classes become unpaired domains).
+SMALL_DATA = {"batch_size": 8, "num_train": 192, "num_test": 16, "resolution": 16}
 SMALL_MODEL = {"base_channels": 8, "latent_dim": 4, "iw_samples": 2, "d_base_channels": 8,
                "d_layers": 1}
 # A few optimizer steps with a cheap final evaluation.
