@@ -39,7 +39,7 @@ from gentrain.models.base import (
     sampling_labels,
 )
 from gentrain.models.gan import frozen
-from gentrain.nets.conv import ConvDecoder, ConvEncoder, default_num_down
+from gentrain.nets.conv import ConvDecoder, ConvEncoder, checked_num_down
 from gentrain.priors import LatentPrior
 
 OBJECTIVE = "nonsaturating"  # D: BCE on real/fake codes; encoder: -log D(E(x))
@@ -86,13 +86,7 @@ class AAE(GenerativeModel):
         require(base_channels >= 1, f"model.base_channels must be >= 1, got {base_channels}.")
         require(d_hidden >= 1 and d_layers >= 1,
                 f"model.d_hidden and model.d_layers must be >= 1, got {d_hidden} and {d_layers}.")
-        if num_down is None:
-            num_down = default_num_down(spec.height, spec.width)
-        require(
-            num_down >= 1 and 2 ** (num_down - 1) < min(spec.height, spec.width),
-            f"model.num_down={num_down} does not fit {spec.height}x{spec.width} images: each "
-            "halving needs a side longer than one pixel; leave it unset (null) to derive it.",
-        )
+        num_down = checked_num_down(num_down, spec.height, spec.width)
         classes = spec.num_classes if spec.label_kind == "class" else 0
         if prior_components is None:  # one part of the prior per class, as in the paper
             prior_components = classes or 10

@@ -31,7 +31,7 @@ from gentrain.models.base import (
     require_class_labels,
     sampling_labels,
 )
-from gentrain.nets.conv import ConvDecoder, ConvEncoder, default_num_down
+from gentrain.nets.conv import ConvDecoder, ConvEncoder, checked_num_down
 
 LIKELIHOODS = ("auto", "bernoulli", "logistic")
 MIN_LOG_SCALE = -7.0  # floor on the logistic log-scale, as in PixelCNN++, to keep bins finite
@@ -79,13 +79,7 @@ class VAE(GenerativeModel):
             likelihood in LIKELIHOODS,
             f"model.likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}.",
         )
-        if num_down is None:
-            num_down = default_num_down(spec.height, spec.width)
-        require(
-            num_down >= 1 and 2 ** (num_down - 1) < min(spec.height, spec.width),
-            f"model.num_down={num_down} does not fit {spec.height}x{spec.width} images: each "
-            "halving needs a side longer than one pixel; leave it unset (null) to derive it.",
-        )
+        num_down = checked_num_down(num_down, spec.height, spec.width)
         if likelihood == "auto":
             likelihood = "bernoulli" if spec.values == "binary" else "logistic"
         require(

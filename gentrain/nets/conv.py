@@ -12,6 +12,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gentrain.errors import require
+
 MAX_WIDTH_MULTIPLIER = 4  # channels double per level up to this multiple of base_channels
 TARGET_BOTTLENECK = 4  # default_num_down aims for a bottleneck side of at most this
 
@@ -26,6 +28,18 @@ def default_num_down(height: int, width: int) -> int:
     num_down = 1
     while math.ceil(min(height, width) / 2**num_down) > TARGET_BOTTLENECK:
         num_down += 1
+    return num_down
+
+
+def checked_num_down(num_down: int | None, height: int, width: int) -> int:
+    """``num_down`` (None: :func:`default_num_down`), or a clear error if it does not fit."""
+    if num_down is None:
+        return default_num_down(height, width)
+    require(
+        num_down >= 1 and 2 ** (num_down - 1) < min(height, width),
+        f"model.num_down={num_down} does not fit {height}x{width} images: each "
+        "halving needs a side longer than one pixel; leave it unset (null) to derive it.",
+    )
     return num_down
 
 
