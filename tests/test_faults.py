@@ -58,6 +58,9 @@ def test_signal_saves_checkpoint_then_resume_finishes(tmp_path: Path, sig: signa
                             "trainer.max_steps=" + str(state["step"] + 2)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run_dir)["step"] == state["step"] + 2
+    # The finished run says where it is and what it scored.
+    closing = f"Trained vae on shapes for {state['step'] + 2} steps"
+    assert closing in resumed.stdout + resumed.stderr and str(run_dir) in resumed.stdout
 
 
 def test_sigkill_while_checkpointing_leaves_loadable_last(tmp_path: Path) -> None:

@@ -67,4 +67,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if source is not None:
         trainer.load_state_dict(ckpt.load_checkpoint(source, family=model.family))
         log.info("Resumed from %s at step %d.", source, trainer.step)
-    return trainer.fit()
+    summary = trainer.fit()
+    if runtime.dist.is_main and summary["status"] == "completed":
+        log.info(finished_line(summary, run_dir))
+    return summary
+
+
+def finished_line(summary: dict[str, Any], run_dir: Path) -> str:
+    """One line for the terminal at the end of a run: where it is and how it scored."""
+    monitor = summary.get("monitor") or {}
+    score = (f"; {monitor['metric']} = {monitor['value']:.4g}"
+             if monitor.get("value") is not None else "")
+    grids = summary.get("samples") or {}
+    grid = grids.get("samples") or next(iter(grids.values()), None)
+    seen = f"; samples: {grid}" if grid else ""
+    return (f"Trained {summary['family']} on {summary['data']} for {summary['steps']} steps in "
+            f"{summary['wall_time_s']:.0f} s of training{score}. Run dir: {run_dir}{seen}")
