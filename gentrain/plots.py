@@ -189,8 +189,9 @@ def plot_sweep_comparison(runs: list[SweepRun], monitor: str, out_path: Path,
 
     for y, run in enumerate(runs):
         if run.value is not None and math.isfinite(run.value):
-            right.barh(y, run.value, color=colors[y])
-            right.annotate(f" {run.value:.4g}", (run.value, y), va="center", fontsize="small")
+            # Dots, not bars from zero: runs of a sweep differ by a few percent of the value.
+            right.plot(run.value, y, "o", color=colors[y], markersize=8)
+            right.annotate(f"   {run.value:.5g}", (run.value, y), va="center", fontsize="small")
         else:
             right.annotate(f" {run.status}", (0, y), va="center", fontsize="small",
                            color="firebrick", xycoords=("axes fraction", "data"))
@@ -199,5 +200,5 @@ def plot_sweep_comparison(runs: list[SweepRun], monitor: str, out_path: Path,
     right.margins(x=0.2)
     direction = "higher" if higher_is_better else "lower"
     right.set_title(f"final {monitor} ({direction} is better)", fontsize="medium")
-    right.grid(axis="x", alpha=0.3)
+    right.grid(alpha=0.3)
     return _save(fig, out_path)
