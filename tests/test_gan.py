@@ -3,6 +3,7 @@ reuse, EMA of G only, schedules per phase, every loss, resume and errors."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import torch
 from conftest import FAST_RUN, run_task
 from test_resume import straight_and_resumed
 
+from gentrain.data.core.batch import DataSpec
 from gentrain.engine.checkpoint import load_checkpoint
+from gentrain.engine.ema import EMA
 from gentrain.engine.schedule import lr_multiplier, phase_schedule
 from gentrain.engine.trainer import Trainer
 from gentrain.errors import GentrainError
@@ -181,3 +184,30 @@ def test_a_discriminator_that_wins_is_warned_about(caplog: pytest.LogCaptureFixt
     warnings = [model.training_warnings({"discriminator/loss": 0.001}) for _ in range(3)]
     assert warnings[0] == [] and warnings[1] == [] and "D wins" in warnings[2][0]
     assert model.training_warnings({"discriminator/loss": 1.0}) == []
+
+
+def test_the_ema_generator_samples_with_its_own_batch_norm_statistics() -> None:
+    """Standing statistics: after them, the EMA G in eval mode gives what its batch statistics
+    give; with the live G's copied statistics it does not. The training RNG stays untouched."""
+    torch.manual_seed(0)
+    gan = GAN(DataSpec("shapes", 3, 16, 16), base_channels=8, latent_dim=8)
+    ema = EMA(gan, 0.5, warmup=False, networks=gan.ema_networks)
+    with torch.no_grad():  # move the live G away from the average, and let its statistics follow
+        for p in gan.generator.parameters():
+            p.mul_(2.0)
+        for _ in range(40):
+            gan.generator(torch.randn(256, 8))
+    ema.update(gan)
+    shadow, z = ema.model.generator, torch.randn(2048, 8)
+
+    def eval_vs_batch_statistics() -> float:
+        with torch.no_grad():
+            return (shadow.eval()(z) - copy.deepcopy(shadow).train()(z)).abs().mean().item()
+
+    copied = eval_vs_batch_statistics()
+    rng = torch.get_rng_state()
+    ema.model.standing_statistics()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not shadow.training
+    own = eval_vs_batch_statistics()
+    assert own < 0.2 * copied, (own, copied)

@@ -136,6 +136,7 @@ class Trainer:
         self._new_ema = lambda: EMA(model, ema_decay, family.ema.get("warmup", True),
                                     model.ema_networks)
         self.ema = self._new_ema() if ema_decay else None
+        self._standing_at: int | None = None  # the step of the EMA copy's norm statistics
         self.autocast = autocast_factory(device, config.precision)
         self.forward: nn.Module = _LossForward(self.model)
         self._ddp: list[DistributedDataParallel] = []  # whose no_sync skips the all-reduce
@@ -193,10 +194,21 @@ class Trainer:
     @property
     def sampling_model(self) -> GenerativeModel:
         """EMA weights when EMA is on: samples and evaluation use them."""
-        return self.ema.model if self.ema is not None else self.model  # type: ignore[return-value]
+        if self.ema is None:
+            return self.model
+        self._refresh_standing_statistics()
+        return self.ema.model  # type: ignore[return-value]
+
+    def _refresh_standing_statistics(self) -> None:
+        """Give the EMA copy its own batch-norm statistics (the family's
+        ``standing_statistics``) once per step, before it samples or is saved."""
+        if self.ema is not None and self._standing_at != self.step:
+            self.ema.model.standing_statistics()  # type: ignore[operator]
+            self._standing_at = self.step
 
     def state_dict(self) -> dict[str, Any]:
         rng = gather_to_all(ckpt.capture_rng())  # collective: every rank calls state_dict
+        self._refresh_standing_statistics()
         return {
             "format": ckpt.FORMAT,
             "version": gentrain.__version__,
