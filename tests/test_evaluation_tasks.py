@@ -11,6 +11,7 @@ import torch
 from conftest import DDPM_FAST, FAST, FAST_RUN, run_task
 from PIL import Image
 
+from gentrain.data.datasets.shapes import ATTRIBUTE_NAMES
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 
@@ -26,6 +27,16 @@ FAMILIES = {
                  "model.grid_samples=4", "trainer.eval_limit=8", "data.resolution=8"],
     "flow": [*FAST_RUN, "model=flow", "model.levels=2", "model.steps=2", "model.hidden=8",
              "trainer.eval_limit=8", "data.resolution=8"],
+    "aae": [*FAST_RUN, "model=aae", "model.base_channels=8", "model.latent_dim=2",
+            "model.d_hidden=16", "trainer.eval_limit=8"],
+    "infogan": [*FAST_RUN, "model=infogan", "model.base_channels=8", "model.noise_dim=4",
+                "model.categorical=3", "model.continuous=1", "trainer.eval_limit=8"],
+    "cyclegan": [*FAST_RUN, "model=cyclegan", "data.unpaired=circle:square",
+                 "model.base_channels=4", "model.num_blocks=1", "model.d_base_channels=4",
+                 "model.d_layers=1", "trainer.eval_limit=8", "trainer.num_samples=4"],
+    "stargan": [*FAST_RUN, "model=stargan", "data.labels=attributes", "model.base_channels=4",
+                "model.num_blocks=1", "model.d_base_channels=4", "trainer.eval_limit=8",
+                "trainer.num_samples=8"],
 }
 # What task=eval reports by default for each family.
 EXPECTED = {
@@ -35,6 +46,10 @@ EXPECTED = {
     "pix2pix": {"eval/l1", "eval/psnr", "eval/ssim", "eval/fid"},
     "pixelcnn": {"eval/bits_per_dim", "eval/nll_nats"},
     "flow": {"eval/bits_per_dim", "eval/nll_nats"},
+    "aae": {"eval/recon_mse"},
+    "infogan": {"eval/fid", "eval/kid", "eval/is"},
+    "cyclegan": {"eval/cycle_l1", "eval/fid"},  # FID of G(A) against domain B
+    "stargan": {"eval/cls_accuracy", "eval/rec_l1", "eval/fid"},
 }
 
 
@@ -82,7 +97,9 @@ def test_sample_writes_a_grid_for_every_family(trained: tuple[str, Path], tmp_pa
                       base=FAMILIES[family])
     with Image.open(result["grid"]) as grid:
         assert grid.width > 16 and grid.height > 16
-    assert len(list((tmp_path / "samples" / "individual").glob("*.png"))) == 4
+    # A translator (StarGAN) writes each image's translation to each of the 4 attributes.
+    expected = 4 * len(ATTRIBUTE_NAMES) if family == "stargan" else 4
+    assert len(list((tmp_path / "samples" / "individual").glob("*.png"))) == expected
 
 
 def test_the_reference_features_are_computed_once_and_reused(tmp_path: Path) -> None:

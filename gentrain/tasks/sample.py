@@ -70,10 +70,7 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
         shown = Grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns))
     grid = out.grid(int(state["step"]), "sample", shown)
     if cfg.sample.individual:
-        folder = run_dir / "samples" / "individual"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(to_unit(images)):
-            save_image(image, folder / f"{i:05d}.png")
+        write_individual(run_dir, {f"{i:05d}": image for i, image in enumerate(images)})
     log.info("Wrote %s", grid)
     return {"grid": str(grid), "num": num, "step": int(state["step"])}
 
@@ -98,8 +95,21 @@ def domain_translations(cfg: DictConfig, run_config: DictConfig, model: Generati
                                             for k, v in batch.items()}))
     shown = Grid(torch.cat([g.images for g in grids]), nrow=grids[0].nrow)
     grid = RunLog(run_dir, tensorboard=False).grid(step, "sample", shown)
+    if cfg.sample.individual:  # each translation, named by the image and its target attribute
+        rows = shown.images.unflatten(0, (num, shown.nrow))[:, 1:]
+        names = model.spec.class_names
+        write_individual(run_dir, {f"{i:05d}_{names[j]}": rows[i, j]
+                                   for i in range(num) for j in range(rows.shape[1])})
     log.info("Wrote %s", grid)
     return {"grid": str(grid), "num": num, "step": step}
+
+
+def write_individual(run_dir: Path, images: dict[str, Tensor]) -> None:
+    """One PNG per image in [-1, 1] under samples/individual/, named by its key."""
+    folder = run_dir / "samples" / "individual"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        save_image(to_unit(image), folder / f"{name}.png")
 
 
 def class_labels(cfg: DictConfig, model: GenerativeModel, num: int,
