@@ -14,8 +14,10 @@ import torch
 from conftest import FAST_RUN, run_task
 from PIL import Image
 from test_gan import record_phase_steps
+from test_resume import straight_and_resumed
 
 from gentrain.data.core.batch import DataSpec
+from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.gan import frozen
 from gentrain.models.infogan import SWEEP, InfoGAN, code_nlls
@@ -208,6 +210,21 @@ def test_task_sample_draws_from_an_infogan_checkpoint(
     with Image.open(sampled["grid"]) as grid:
         assert grid.size == (2 * TILE + 2, 2 * TILE + 2)
     assert len(list((tmp_path / "samples" / "individual").glob("*.png"))) == 4
+
+
+def test_infogan_resume_is_bitwise_identical(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """D, Q and G weights and the EMA of G after an interrupted and resumed run equal those
+    of a straight one."""
+    setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
+             "trainer.sample_every=100", "trainer.log_every=2", "model.ema.decay=0.9"]
+    straight_and_resumed(infogan_task, tmp_path, setup, monkeypatch, at=2)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, value in a["ema"]["networks"]["generator"].items():
+        assert torch.equal(value, b["ema"]["networks"]["generator"][key]), key
 
 
 @pytest.mark.parametrize(("override", "match"), [
