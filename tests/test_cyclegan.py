@@ -197,3 +197,19 @@ def test_the_horse2zebra_recipe_is_the_papers() -> None:
         assert cfg.model.optim[phase].lr == 2e-4
         assert list(cfg.model.optim[phase].betas) == [0.5, 0.999]
     assert compose_config(["model=cyclegan"]).data.unpaired == "circle:square"  # the CPU demo
+
+
+def test_fid_of_b_to_a_translations_is_against_domain_a(cg_run: Path, tmp_path: Path) -> None:
+    """task=eval with model.direction=BtoA compares the translations with domain A (the
+    batches' ``source``), under a reference cache of its own, and records which images."""
+    from test_evaluation_tasks import offline_quality
+
+    results = {d: cg_task(tmp_path / d, ["task=eval", f"ckpt={cg_run}", f"model.direction={d}",
+                                         *offline_quality(tmp_path)]) for d in ("AtoB", "BtoA")}
+    assert results["AtoB"]["sample_quality_protocol"]["reference"]["images"] == "image"
+    assert results["BtoA"]["sample_quality_protocol"]["reference"]["images"] == "source"
+    cached = {path.name: torch.load(path, weights_only=True)
+              for path in (tmp_path / "reference").glob("*.pt")}
+    assert len(cached) == 2 and sum("-source-" in name for name in cached) == 1
+    first, second = cached.values()
+    assert not torch.allclose(first["sum"], second["sum"])  # circles and squares differ

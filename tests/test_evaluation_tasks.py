@@ -48,7 +48,7 @@ EXPECTED = {
     "flow": {"eval/bits_per_dim", "eval/nll_nats"},
     "aae": {"eval/recon_mse"},
     "infogan": {"eval/fid", "eval/kid", "eval/is"},
-    "cyclegan": {"eval/cycle_l1", "eval/fid"},  # FID of G(A) against domain B
+    "cyclegan": {"eval/cycle_l1", "eval/fid"},  # FID of G(A) against domain B (AtoB)
     "stargan": {"eval/cls_accuracy", "eval/rec_l1", "eval/fid"},
 }
 
@@ -117,6 +117,8 @@ def test_the_reference_features_are_computed_once_and_reused(tmp_path: Path) -> 
 
 class Replay(torch.nn.Module):
     """A stand-in 'model' whose samples are the reference images themselves (or noise)."""
+
+    reference_images = "image"
 
     def __init__(self, noise: bool) -> None:
         super().__init__()

@@ -167,6 +167,12 @@ class GenerativeModel(nn.Module):
         """
         return False
 
+    @property
+    def reference_images(self) -> str:
+        """The batch key of the real images this family's samples are compared with (FID):
+        ``image``, except for translators whose outputs live in the source domain."""
+        return "image"
+
     def standing_statistics(self) -> None:
         """Re-estimate the batch-norm statistics of this (EMA) copy's sampling networks.
 

@@ -80,7 +80,7 @@ class CycleGAN(GenerativeModel):
     #: Mean cycle-reconstruction L1 on the test split: a sanity metric (a generator pair that
     #: copies its input scores 0), not a measure of translation quality; FID of G(A) is that.
     monitor = "cycle_l1"
-    sample_quality_metrics = ("fid",)  # of G(A) against domain B
+    sample_quality_metrics = ("fid",)  # of the translations against their target domain
     inference_keys = ("direction",)
     ema_networks = ("generator_ab", "generator_ba")
 
@@ -152,6 +152,11 @@ class CycleGAN(GenerativeModel):
     def networks(self) -> dict[str, nn.Module]:
         return {"generator_ab": self.generator_ab, "generator_ba": self.generator_ba,
                 "discriminator_a": self.discriminator_a, "discriminator_b": self.discriminator_b}
+
+    @property
+    def reference_images(self) -> str:
+        """Domain B's images for A→B translations, domain A's (``source``) for B→A."""
+        return "image" if self.direction == "AtoB" else "source"
 
     def condition(self, batch: Batch) -> Batch | None:
         return {"source": batch["source"]} if self.direction == "AtoB" else \

@@ -111,34 +111,41 @@ class SampleQuality:
         self.settings, self.data, self.device, self.seed = settings, data, device, seed
         self.extractor: FeatureExtractor = build_feature_extractor(
             settings.features, settings.inception_weights, device)
-        self.reference_path = self._reference_path(data_cfg)
+        self.data_cfg = data_cfg
 
-    def _reference_path(self, data_cfg: DictConfig) -> Path:
-        content = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items()
+    def reference_path(self, key: str = "image") -> Path:
+        """Where the features of the reference split's ``key`` images are cached."""
+        content = {k: v for k, v in OmegaConf.to_container(self.data_cfg, resolve=True).items()
                    if k not in LOADER_KEYS and k != "_target_"}
         digest = hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode())
         spec = self.data.spec
-        name = (f"{spec.name}-{self.settings.reference_split}-{spec.height}px-"
+        images = "" if key == "image" else f"-{key}"
+        name = (f"{spec.name}-{self.settings.reference_split}{images}-{spec.height}px-"
                 f"{self.extractor.name}-{digest.hexdigest()[:10]}.pt")
         root = (Path(self.settings.reference_cache) if self.settings.reference_cache
-                else cache_dir(resolve_root(data_cfg.get("root"))) / "reference_features")
+                else cache_dir(resolve_root(self.data_cfg.get("root"))) / "reference_features")
         return root / name
 
-    def protocol(self, num_reference: int, num_generated: int) -> dict[str, Any]:
+    def protocol(self, num_reference: int, num_generated: int,
+                 key: str = "image") -> dict[str, Any]:
         """What a reader needs to compare a number with another: recorded next to it."""
         return {**protocol(self.extractor), "metrics": list(self.settings.metrics),
                 "num_generated": num_generated, "num_reference": num_reference,
                 "reference": {"dataset": self.data.spec.name,
                               "split": self.settings.reference_split,
+                              "images": key,
                               "resolution": self.data.spec.height},
                 "kid_subsets": self.settings.kid_subsets,
                 "kid_subset_size": self.settings.kid_subset_size,
                 "is_splits": self.settings.is_splits,
-                "reference_cache": str(self.reference_path)}
+                "reference_cache": str(self.reference_path(key))}
 
-    def reference(self, *, rank: int, world_size: int, progress: bool) -> FeatureStats:
-        """The real split's features: from the cache, or computed once on all ranks."""
-        cached = load_reference(self.reference_path, self.device)
+    def reference(self, *, rank: int, world_size: int, progress: bool,
+                  key: str = "image") -> FeatureStats:
+        """The real split's features of its ``key`` images (the family's
+        ``reference_images``): from the cache, or computed once on all ranks."""
+        path = self.reference_path(key)
+        cached = load_reference(path, self.device)
         if cached is not None:
             return cached
         stats = FeatureStats(keep=self._kept_rows(), keep_logits=False)
@@ -146,12 +153,12 @@ class SampleQuality:
                                          device=self.device, rank=rank, world_size=world_size)
         for batch in tqdm(batches, desc="reference features", unit="batch", leave=False,
                           disable=not progress):
-            stats.update(self.extractor(to_uint8_rgb(batch["image"])))
+            stats.update(self.extractor(to_uint8_rgb(batch[key])))
         stats.merge_across_ranks()
         if rank == 0:
-            save_reference(stats, self.reference_path)
+            save_reference(stats, path)
             log.info("Cached the reference features of %s in %s.",
-                     self.settings.reference_split, self.reference_path)
+                     self.settings.reference_split, path)
         barrier()
         return stats
 
@@ -166,7 +173,8 @@ class SampleQuality:
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """``eval/<metric>`` values and the protocol, the same on every rank."""
-        real = self.reference(rank=rank, world_size=world_size, progress=progress)
+        key = model.reference_images
+        real = self.reference(rank=rank, world_size=world_size, progress=progress, key=key)
         total = num_samples or self.settings.num_samples
         share = total // world_size + (rank < total % world_size)
         fake = FeatureStats(keep=self._kept_rows(), keep_logits="is" in self.settings.metrics)
@@ -184,7 +192,7 @@ class SampleQuality:
         bar.close()
         model.train(was_training)
         fake.merge_across_ranks()
-        return self._metrics(real, fake), self.protocol(int(real.count), int(fake.count))
+        return self._metrics(real, fake), self.protocol(int(real.count), int(fake.count), key)
 
     def _conditions(self, share: int, rank: int, world_size: int) -> Iterator[Batch]:
         """This rank's ``share`` of conditions: the reference split's batches (labels or
