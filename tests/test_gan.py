@@ -188,8 +188,9 @@ def test_a_discriminator_that_wins_is_warned_about(caplog: pytest.LogCaptureFixt
 
 
 def test_the_ema_generator_samples_with_its_own_batch_norm_statistics() -> None:
-    """Standing statistics: after them, the EMA G in eval mode gives what its batch statistics
-    give; with the live G's copied statistics it does not. The training RNG stays untouched."""
+    """Standing statistics (EMA.standing_statistics, drawing through the family's sampler):
+    after them, the EMA G in eval mode gives what its batch statistics give; with the live G's
+    copied statistics it does not. The training RNG stays untouched."""
     torch.manual_seed(0)
     gan = GAN(DataSpec("shapes", 3, 16, 16), base_channels=8, latent_dim=8)
     ema = EMA(gan, 0.5, warmup=False, networks=gan.ema_networks)
@@ -207,8 +208,19 @@ def test_the_ema_generator_samples_with_its_own_batch_norm_statistics() -> None:
 
     copied = eval_vs_batch_statistics()
     rng = torch.get_rng_state()
-    ema.model.standing_statistics()
+    ema.standing_statistics(lambda noise: ema.model.sample(256, None, noise))
     assert torch.equal(torch.get_rng_state(), rng)
     assert not shadow.training
     own = eval_vs_batch_statistics()
     assert own < 0.2 * copied, (own, copied)
+
+
+def test_the_trainer_saves_the_ema_generator_with_statistics_of_its_own(tmp_path: Path) -> None:
+    """After training, the checkpoint's EMA G holds batch-norm statistics re-estimated for
+    its weights, not a copy of the live G's."""
+    gan_task(tmp_path, ["trainer.max_steps=3", "model.ema.decay=0.9"])
+    state = load_checkpoint(tmp_path)
+    averaged = state["ema"]["networks"]["generator"]
+    means = [k for k in averaged if k.endswith("running_mean")]
+    assert means
+    assert any(not torch.equal(averaged[k], state["model"][f"generator.{k}"]) for k in means)

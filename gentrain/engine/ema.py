@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from gentrain.errors import require
+
+# Standing statistics: draws of samples averaged into the batch-norm statistics, and their seed.
+STANDING_DRAWS, STANDING_SEED = 16, 0
 
 
 class EMA:
@@ -57,6 +61,36 @@ class EMA:
             for buffer, theirs in zip(mine.buffers(), live.buffers(), strict=True):
                 buffer.copy_(theirs)
         self.updates += 1
+
+    @torch.no_grad()
+    def standing_statistics(self, draw: Callable[[torch.Generator], object]) -> None:
+        """Give the averaged networks' batch norms statistics of their own (BigGAN's standing
+        statistics, Brock et al. 2019).
+
+        :meth:`update` copies the live networks' running statistics, which belong to other
+        weights than the average. Here each batch norm's statistics become the cumulative
+        average over ``STANDING_DRAWS`` calls of ``draw`` (which samples through the shadow
+        model) with the norms in training mode, from a fixed seed: reproducible, and the
+        training RNG untouched. Networks without batch norm cost nothing (``draw`` is never
+        called), so DDPM's expensive sampler is not run.
+        """
+        norms = [m for net in self._averaged(self.model) for m in net.modules()
+                 if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.track_running_stats]
+        if not norms:
+            return
+        noise = torch.Generator(norms[0].running_mean.device).manual_seed(STANDING_SEED)
+        saved = [(m.momentum, m.training) for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the draws
+            m.train()
+        try:
+            for _ in range(STANDING_DRAWS):
+                draw(noise)
+        finally:
+            for m, (momentum, training) in zip(norms, saved, strict=True):
+                m.momentum = momentum
+                m.train(training)
 
     def state_dict(self) -> dict[str, Any]:
         if self.networks is None:

@@ -200,11 +200,16 @@ class Trainer:
         return self.ema.model  # type: ignore[return-value]
 
     def _refresh_standing_statistics(self) -> None:
-        """Give the EMA copy its own batch-norm statistics (the family's
-        ``standing_statistics``) once per step, before it samples or is saved."""
-        if self.ema is not None and self._standing_at != self.step:
-            self.ema.model.standing_statistics()  # type: ignore[operator]
-            self._standing_at = self.step
+        """Give the EMA copy its own batch-norm statistics (:meth:`EMA.standing_statistics`)
+        once per step, before it samples or is saved: it samples the grid's size from the
+        grid's fixed held-out conditions, the same on every rank."""
+        if self.ema is None or self._standing_at == self.step:
+            return
+        shadow, batch = self.ema.model, self.fixed_batch
+        n = batch["image"].shape[0]
+        self.ema.standing_statistics(
+            lambda noise: shadow.sample(n, shadow.condition(batch), noise))  # type: ignore[operator]
+        self._standing_at = self.step
 
     def state_dict(self) -> dict[str, Any]:
         rng = gather_to_all(ckpt.capture_rng())  # collective: every rank calls state_dict

@@ -173,15 +173,6 @@ class GenerativeModel(nn.Module):
         ``image``, except for translators whose outputs live in the source domain."""
         return "image"
 
-    def standing_statistics(self) -> None:
-        """Re-estimate the batch-norm statistics of this (EMA) copy's sampling networks.
-
-        The EMA averages weights but copies the live networks' running statistics, which
-        belong to other weights; families whose samplers use batch norm (the GAN generators)
-        recompute them here from their own inputs. The trainer calls it on the EMA copy
-        before the copy samples or is saved. Default: nothing to do.
-        """
-
     @property
     def compile_unsupported(self) -> str | None:
         """Why ``trainer.compile=true`` cannot work for this configuration (None: it can)."""

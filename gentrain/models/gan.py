@@ -34,8 +34,6 @@ GRID_ROW = 8
 # The discriminator "wins" when its loss stays below this for WARN_AFTER log intervals in a row.
 D_LOSS_NEAR_ZERO = 0.05
 WARN_AFTER = 3
-# Standing statistics of an EMA generator: batches of G's samples averaged, and their seed.
-STANDING_BATCHES, STANDING_BATCH_SIZE, STANDING_SEED = 16, 64, 0
 
 
 @contextlib.contextmanager
@@ -206,31 +204,6 @@ class GAN(GenerativeModel):
                 "periodic checkpoints keep the earlier weights."]
 
     # -- sampling -----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def standing_statistics(self) -> None:
-        """BigGAN's standing statistics (Brock et al. 2019): G's batch-norm statistics as
-        the average over STANDING_BATCHES batches of its own samples, drawn from a fixed seed
-        (reproducible, the training RNG untouched), so EMA weights meet their own statistics."""
-        norms = [m for m in self.generator.modules() if isinstance(m, nn.BatchNorm2d)]
-        if not norms:
-            return
-        device = next(self.generator.parameters()).device
-        noise = torch.Generator(device).manual_seed(STANDING_SEED)
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches below
-        self.generator.train()
-        try:
-            for _ in range(STANDING_BATCHES):
-                label = (torch.randint(self.num_classes, (STANDING_BATCH_SIZE,), device=device,
-                                       generator=noise) if self.conditional else None)
-                self.generator(self._latent(STANDING_BATCH_SIZE, device, noise), label)
-        finally:
-            self.generator.eval()
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
 
     @torch.no_grad()
     def sample(
