@@ -192,7 +192,8 @@ def test_eval_without_inception_weights_stops_with_the_file_and_where_to_put_it(
     run_dir = tmp_path / "run"
     run_task(run_dir, ["trainer.max_steps=1"], base=FAMILIES["gan"])
     with pytest.raises(GentrainError) as error:
-        run_task(tmp_path / "eval", ["task=eval", f"ckpt={run_dir}"], base=FAMILIES["gan"])
+        run_task(tmp_path / "eval", ["task=eval", f"ckpt={run_dir}", "eval.features=inception"],
+                 base=FAMILIES["gan"])
     message = str(error.value)
     assert "weights-inception-2015-12-05-6726825d.pth" in message
     assert str(tmp_path / "hub") in message and "eval.inception_weights" in message

@@ -11,7 +11,13 @@ from gentrain.errors import GentrainError
 MODES = ("auto", "min", "max")
 
 #: Metrics where a higher value is better, whatever the family (sample quality, fidelity).
-HIGHER_IS_BETTER = frozenset({"is", "psnr", "ssim"})
+HIGHER_IS_BETTER = frozenset({
+    "is", "psnr", "ssim",
+    # the data-trained judge's shares and scores (gentrain.sample_quality.domain)
+    "precision_domain", "recall_domain", "confident_domain", "modes_domain",
+    "min_class_share_domain", "consistency_domain", "target_accuracy_domain",
+    "target_exact_domain", "content_kept_domain", "code_nmi_domain",
+})
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,14 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def sample_with_codes(
+        self, n: int, cond: Batch | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`sample` and the discrete latent code each image was drawn with (None: the
+        family has none), so the data's judge can tell how much the code decides the class."""
+        return self.sample(n, cond, generator), None
+
+    @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, Tensor]:
         """Per-example metrics of shape (B,) on held-out data (empty if the family has none).
 

@@ -210,8 +210,13 @@ class GAN(GenerativeModel):
         self, n: int, cond: Batch | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         device = next(self.generator.parameters()).device
-        label = sampling_labels(cond, n, self.num_classes, device) if self.conditional else None
-        return self.generator(self._latent(n, device, generator), label).float().clamp(-1, 1)
+        return self.generate(self._latent(n, device, generator), cond)
+
+    def generate(self, latent: Tensor, cond: Batch | None = None) -> Tensor:
+        """G's images in [-1, 1] for ``latent`` (B, latent_dim), conditioned like ``cond``."""
+        label = (sampling_labels(cond, latent.shape[0], self.num_classes, latent.device)
+                 if self.conditional else None)
+        return self.generator(latent, label).float().clamp(-1, 1)
 
     @torch.no_grad()
     def visuals(self, batch: Batch, generator: torch.Generator) -> dict[str, Grid]:

@@ -122,6 +122,16 @@ class InfoGAN(GAN):
                          - 1)
         return torch.cat(parts, dim=1)
 
+    @torch.no_grad()
+    def sample_with_codes(
+        self, n: int, cond: Batch | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Samples and the categorical code's value of each (None without one)."""
+        latent = self._latent(n, next(self.generator.parameters()).device, generator)
+        codes = (latent[:, self.noise_dim:self.noise_dim + self.categorical].argmax(dim=1)
+                 if self.categorical else None)
+        return self.generate(latent, cond), codes
+
     def _judge_fakes(self, critic: nn.Module, fake: Tensor, label: Tensor | None,
                      latent: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """D's logits and λ·(−L_I + H(c)) on the fakes; logged: the bound L_I per kind of code

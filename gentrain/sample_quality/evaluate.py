@@ -26,13 +26,16 @@ from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.engine.distributed import barrier
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
+from gentrain.sample_quality.domain import DOMAIN_METRICS, DomainQuality
 from gentrain.sample_quality.features import (
     FEATURE_KINDS,
     FeatureExtractor,
     build_feature_extractor,
+    find_inception_weights,
     protocol,
     to_uint8_rgb,
 )
+from gentrain.sample_quality.judge import JudgeSettings
 from gentrain.sample_quality.statistics import (
     FeatureStats,
     frechet_distance,
@@ -63,10 +66,11 @@ class SampleQualitySettings:
     is_splits: int = 10
     batch_size: int = 250
     reference_cache: str | None = None
+    judge: JudgeSettings = JudgeSettings()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(METRICS))
-        if unknown:
+        if unknown and self.features != "domain":
             raise GentrainError(
                 f"eval.sample_quality names {', '.join(unknown)}; it takes a list of "
                 f"{', '.join(METRICS)}, auto (the family's) or [] (none)."
@@ -74,7 +78,9 @@ class SampleQualitySettings:
         if self.features not in FEATURE_KINDS:
             raise GentrainError(
                 f"eval.features={self.features!r} is not one of {', '.join(FEATURE_KINDS)}: "
-                "inception (the papers' TF-compatible network) or standin (offline tests only)."
+                "inception (the papers' TF-compatible network), domain (a judge trained on "
+                "the data's labels), auto (inception when its weights are here, else domain) "
+                "or standin (offline tests only)."
             )
         for key in ("num_samples", "batch_size", "kid_subsets", "kid_subset_size", "is_splits"):
             if getattr(self, key) < 1:
@@ -83,7 +89,12 @@ class SampleQualitySettings:
 
 def settings_from_config(eval_cfg: DictConfig, family_metrics: tuple[str, ...]
                          ) -> SampleQualitySettings | None:
-    """The settings of ``eval`` for a family (None when no metric is asked for)."""
+    """The settings of ``eval`` for a family (None when no metric is asked for).
+
+    ``auto`` takes the family's metrics (none for the likelihood families, whose sampling can
+    be slow); on the judge's scale a family that has them gets every judge metric instead
+    (:data:`DOMAIN_METRICS`).
+    """
     chosen = eval_cfg.sample_quality
     if chosen == "auto":
         metrics = family_metrics
@@ -93,14 +104,48 @@ def settings_from_config(eval_cfg: DictConfig, family_metrics: tuple[str, ...]
         metrics = tuple(OmegaConf.to_container(chosen))  # type: ignore[arg-type]
     if not metrics:
         return None
+    features = str(eval_cfg.features)
+    if features == "auto" and chosen != "auto":  # the metrics named decide the scale
+        features = "domain" if set(metrics) <= set(DOMAIN_METRICS) else "inception"
+    features = resolve_features(features, eval_cfg.inception_weights)
+    if features == "domain" and chosen == "auto":
+        metrics = DOMAIN_METRICS  # the judge's scale has its own metrics, never FID
     return SampleQualitySettings(
-        metrics=tuple(str(m) for m in metrics),
+        metrics=tuple(str(m) for m in metrics), features=features,
+        judge=JudgeSettings.from_config(eval_cfg.get("judge")),
         num_samples=eval_cfg.num_samples,
-        reference_split=eval_cfg.reference_split, features=eval_cfg.features,
+        reference_split=eval_cfg.reference_split,
         inception_weights=eval_cfg.inception_weights, kid_subsets=eval_cfg.kid_subsets,
         kid_subset_size=eval_cfg.kid_subset_size, is_splits=eval_cfg.is_splits,
         batch_size=eval_cfg.batch_size, reference_cache=eval_cfg.reference_cache,
     )
+
+
+def resolve_features(features: str, inception_weights: str | None) -> str:
+    """``auto``: the Inception network when its weights file is here, else the data's judge
+    (with one log line saying so); any other choice as it is."""
+    if features != "auto":
+        return features
+    try:
+        find_inception_weights(inception_weights)
+    except GentrainError:
+        log.info("No Inception weights here, so sample quality is scored by a judge trained "
+                 "on the data (eval.features=domain: fd_domain, kid_domain, ..., not FID).")
+        return "domain"
+    return "inception"
+
+
+def build_sample_quality(settings: SampleQualitySettings, data: DataModule,
+                         data_cfg: DictConfig, device: torch.device, seed: int,
+                         rank: int = 0) -> SampleQuality | DomainQuality:
+    """The evaluator for ``settings.features``: Inception/stand-in features or the judge."""
+    if settings.features == "domain":
+        return DomainQuality(
+            settings.metrics, data, data_cfg, device, seed, settings.judge,
+            num_samples=settings.num_samples, reference_split=settings.reference_split,
+            batch_size=settings.batch_size, kid_subsets=settings.kid_subsets,
+            kid_subset_size=settings.kid_subset_size, rank=rank)
+    return SampleQuality(settings, data, data_cfg, device, seed)
 
 
 class SampleQuality:

@@ -31,7 +31,7 @@ INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
 )
-FEATURE_KINDS = ("inception", "standin")
+FEATURE_KINDS = ("inception", "domain", "auto", "standin")
 
 
 def fidelity_module(name: str) -> ModuleType:

@@ -46,6 +46,19 @@ def _gather_rows(rows: Tensor) -> Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
 
+def gather_all_rows(local: Tensor | None, device: torch.device) -> Tensor | None:
+    """Every rank's rows (N_r, D) in rank order; a rank may hold none (None), and the result
+    is None only when no rank holds any. A collective under torchrun: call it on every rank."""
+    if not _distributed():
+        return local
+    width = torch.tensor([0 if local is None else local.shape[1]], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    if int(width.item()) == 0:
+        return None
+    rows = local if local is not None else torch.zeros(0, int(width.item()), device=device)
+    return _gather_rows(rows.to(device))
+
+
 class FeatureStats:
     """Running statistics of one set of features (real data or generated samples).
 

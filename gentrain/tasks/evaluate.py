@@ -21,7 +21,7 @@ from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.evaluation import evaluate_model
 from gentrain.errors import GentrainError
 from gentrain.files import atomic_write
-from gentrain.sample_quality.evaluate import SampleQuality, settings_from_config
+from gentrain.sample_quality.evaluate import build_sample_quality, settings_from_config
 from gentrain.sweeps.summary import format_table
 from gentrain.tasks.setup import model_from_checkpoint
 
@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     data = build_data(data_cfg)
     # Built first: missing Inception weights stop the task before any costly evaluation.
     settings = settings_from_config(cfg.eval, model.sample_quality_metrics)
-    quality = settings and SampleQuality(settings, data, data_cfg, device, seed=cfg.seed)
+    quality = settings and build_sample_quality(settings, data, data_cfg, device, cfg.seed)
     metrics: dict[str, float] = {}
     if cfg.eval.per_example:
         metrics.update(evaluate_model(model, data, split=cfg.eval.split, device=device,

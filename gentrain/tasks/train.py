@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.distributed import DistEnv, barrier
 from gentrain.engine.trainer import FamilyTraining, Trainer
 from gentrain.models import build_model
-from gentrain.sample_quality.evaluate import SampleQuality, settings_from_config
+from gentrain.sample_quality.domain import DomainQuality, judge_monitor
+from gentrain.sample_quality.evaluate import build_sample_quality, settings_from_config
 from gentrain.tasks.setup import start_runtime
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     quality = None
     if runtime.trainer.eval_sample_quality:
         settings = settings_from_config(cfg.eval, model.sample_quality_metrics or ("fid",))
-        quality = settings and SampleQuality(settings, data, cfg.data, runtime.device, cfg.seed)
+        quality = settings and build_sample_quality(settings, data, cfg.data, runtime.device,
+                                                    cfg.seed, rank=runtime.dist.rank)
+    config = runtime.trainer
+    if isinstance(quality, DomainQuality) and config.monitor is None:
+        # Without Inception weights best.pt follows the judge's distance instead of no metric.
+        config = dataclasses.replace(config, monitor=judge_monitor(model.monitor))
     trainer = Trainer(
-        model=model, data=data, config=runtime.trainer, family=family, run_dir=run_dir,
+        model=model, data=data, config=config, family=family, run_dir=run_dir,
         seed=cfg.seed, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), dist=runtime.dist,
         device=runtime.device, tensorboard=cfg.logger.tensorboard, sample_quality=quality,
     )
