@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gentrain.engine.distributed import shutdown_distributed
 from gentrain.errors import GentrainError
+from gentrain.precedence import Decision, settle
 from gentrain.sweeps.jobs import finished_summary, objective
 from gentrain.sweeps.naming import safe_name, with_sweep_name
 
@@ -52,14 +53,17 @@ class JobFailed(Exception):
     """A sweep's job stopped on bad input; the sweeper records it and the message says why."""
 
 
-def _tasks(overrides: Sequence[str]) -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
-    """The tasks; those that read a checkpoint also get the command-line overrides."""
+def _tasks(
+    overrides: Sequence[str], length: Decision
+) -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
+    """The tasks; those that read a checkpoint also get the command-line overrides, and
+    training the decision on its length."""
     from gentrain.tasks.evaluate import evaluate
     from gentrain.tasks.preview import preview
     from gentrain.tasks.sample import sample
     from gentrain.tasks.train import train
 
-    return {"train": train, "sample": partial(sample, overrides=overrides),
+    return {"train": partial(train, length=length), "sample": partial(sample, overrides=overrides),
             "eval": partial(evaluate, overrides=overrides), "preview": preview}
 
 
@@ -74,8 +78,9 @@ TOP_LEVEL_KEYS = frozenset(
 def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``cfg.task`` in ``run_dir`` (the Hydra job's output directory).
 
-    ``overrides`` are the command line's (``task=sample``/``eval`` apply the model's
-    inference-time keys among them on top of the checkpoint's config).
+    ``overrides`` are the command line's: they win over the config files also for settings
+    with two names (gentrain.precedence), and ``task=sample``/``eval`` apply the model's
+    inference-time keys among them on top of the checkpoint's config.
     """
     unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
     if unknown:
@@ -84,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
             f"{', '.join(sorted(TOP_LEVEL_KEYS))}; check the spelling in your experiment or "
             "recipe file."
         )
-    tasks = _tasks(overrides)
+    tasks = _tasks(overrides, settle(cfg, overrides))
     if cfg.task not in tasks:
         raise GentrainError(
             f"task={cfg.task} is not a gentrain task. Use one of: {', '.join(tasks)}."

@@ -20,7 +20,7 @@ class TrainerConfig:
 
     device: str = "auto"
     precision: str = "32"
-    max_steps: int = 2000
+    max_steps: int | None = 2000
     max_epochs: int | None = None
     grad_accum: int = 1
     clip_grad: float | dict | None = None
@@ -58,11 +58,11 @@ class TrainerConfig:
                 "Use 32 (full precision), bf16 (autocast to bfloat16) or 16 (fp16 with a "
                 "GradScaler)."
             )
-        for key in ("max_steps", "grad_accum", "log_every", "sample_every", "ckpt_every",
+        for key in ("grad_accum", "log_every", "sample_every", "ckpt_every",
                     "num_samples", "max_nonfinite", "eval_num_samples"):
             if getattr(self, key) < 1:
                 raise GentrainError(f"trainer.{key} must be at least 1, not {getattr(self, key)}.")
-        for key in ("eval_every", "eval_limit"):
+        for key in ("max_steps", "eval_every", "eval_limit"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise GentrainError(
                     f"trainer.{key} must be at least 1 or null, not {getattr(self, key)}."
@@ -80,6 +80,11 @@ class TrainerConfig:
             raise GentrainError(
                 f"trainer.max_epochs must be at least 1 or null (null: trainer.max_steps "
                 f"decides), not {self.max_epochs}."
+            )
+        if self.max_steps is None and self.max_epochs is None:
+            raise GentrainError(
+                "trainer.max_steps and trainer.max_epochs are both null; set one of them to say "
+                "how long to train."
             )
         if self.keep_last < 0:
             raise GentrainError(f"trainer.keep_last must be 0 or more, not {self.keep_last}.")

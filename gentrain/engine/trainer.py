@@ -49,6 +49,7 @@ from gentrain.engine.schedule import SCHEDULE_KEYS, schedule_in_steps
 from gentrain.engine.signals import StopRequest
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel, StepContext
+from gentrain.precedence import Decision
 from gentrain.sample_quality.evaluate import SampleQuality
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,10 @@ class Trainer:
     def __init__(
         self, *, model: GenerativeModel, data: DataModule, config: TrainerConfig,
         family: FamilyTraining, run_dir: Path, seed: int, config_yaml: str, dist: DistEnv,
-        device: torch.device, tensorboard: bool = True,
+        device: torch.device, length: Decision, tensorboard: bool = True,
         sample_quality: SampleQuality | None = None,
     ) -> None:
+        """``length`` says which setting decided how long to train (see gentrain.precedence)."""
         self.data, self.run_dir, self.seed = data, run_dir, seed
         self.sample_quality = sample_quality  # FID/KID/IS at each evaluation (when set)
         self.sample_quality_protocol: dict[str, Any] | None = None
@@ -110,6 +112,11 @@ class Trainer:
         if config.max_epochs is not None:
             config = dataclasses.replace(config, max_steps=config.max_epochs * steps_per_epoch)
         self.cfg = config
+        self.length = {"steps": config.max_steps, "epochs": config.max_epochs,
+                       "steps_per_epoch": steps_per_epoch, **length.record()}
+        epochs = (f"{config.max_epochs} epochs of {steps_per_epoch} steps = "
+                  if config.max_epochs is not None else "")
+        self._length_line = f"Training for {epochs}{config.max_steps} steps ({length.reason()})."
         self.model = model.to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -305,6 +312,8 @@ class Trainer:
         )
         status, stop_signal = "completed", None
         self.start_step = self.step  # above 0 after a resume
+        if self.dist.is_main:
+            log.info(self._length_line)
         if self.step == 0:
             self._data_dependent_init()
         self._mark = (time.perf_counter(), self.images_seen)
@@ -562,6 +571,7 @@ class Trainer:
             "family": self.model.family,
             "data": self.data.spec.name,
             "steps": self.step,
+            "length": self.length,  # how long it was to train, and which setting decided it
             "resumed_from_step": self.start_step,
             "step_unit": f"optimizer steps of phase '{self.phases[-1].phase.name}'",
             "images_seen": self.images_seen,

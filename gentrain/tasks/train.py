@@ -16,6 +16,7 @@ from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.distributed import DistEnv, barrier
 from gentrain.engine.trainer import FamilyTraining, Trainer
 from gentrain.models import build_model
+from gentrain.precedence import Decision
 from gentrain.sample_quality.domain import DomainQuality, judge_monitor
 from gentrain.sample_quality.evaluate import build_sample_quality, settings_from_config
 from gentrain.tasks.setup import start_runtime
@@ -46,7 +47,7 @@ def build_data_rank0_first(cfg: DictConfig, dist: DistEnv) -> DataModule:
     return build_data(cfg)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, length: Decision) -> dict[str, Any]:
     runtime = start_runtime(cfg)
     data = build_data_rank0_first(cfg.data, runtime.dist)
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # identical initial weights on all ranks
@@ -68,7 +69,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer = Trainer(
         model=model, data=data, config=config, family=family, run_dir=run_dir,
         seed=cfg.seed, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), dist=runtime.dist,
-        device=runtime.device, tensorboard=cfg.logger.tensorboard, sample_quality=quality,
+        device=runtime.device, length=length, tensorboard=cfg.logger.tensorboard,
+        sample_quality=quality,
     )
     source = resume_source(cfg.resume, run_dir)
     if source is not None:
