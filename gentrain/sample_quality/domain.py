@@ -86,6 +86,7 @@ class DomainQuality:
         self.num_samples, self.reference_split = num_samples, reference_split
         self.batch_size, self.kid_subsets, self.kid_subset_size = (batch_size, kid_subsets,
                                                                    kid_subset_size)
+        self.judge_settings = judge_settings
         self.judge = obtain_judge(judge_data_config(data_cfg), judge_settings, device, rank=rank)
         # StarGAN's attributes say nothing of the shape: a class judge checks it survives.
         self.content_judge: Judge | None = None
@@ -237,8 +238,9 @@ class DomainQuality:
             out["fd_domain"] = fd_of_rows(real["pool"], fake["pool"])
             out["fd_domain_real"] = fd_of_rows(real["pool"], baseline)
         if "kid" in self.metrics:
+            # generated first, as torch-fidelity's input1: its subsets are drawn in that order
             out["kid_domain"], out["kid_domain_std"] = kernel_inception_distance(
-                real["pool"], fake["pool"], self.kid_subsets, self.kid_subset_size,
+                fake["pool"], real["pool"], self.kid_subsets, self.kid_subset_size,
                 seed=self.seed)
         if "prc" in self.metrics:
             reference = self._subsample(real["pool"], count, "prc")
