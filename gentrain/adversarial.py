@@ -88,3 +88,14 @@ def gradient_penalty(
         interpolated = (eps * real + (1 - eps) * fake).requires_grad_(True)
         (grads,) = torch.autograd.grad(critic(interpolated).sum(), interpolated, create_graph=True)
         return ((grads.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): mean ‖∇ₓ critic(x)‖₂² on real images only; the caller
+    applies γ/2. It pushes D's gradient on the data to zero, which makes the game locally
+    convergent where unregularised GAN training oscillates. Float32 with autocast off and the
+    graph kept, as :func:`gradient_penalty`."""
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        x = real.detach().float().requires_grad_(True)
+        (grads,) = torch.autograd.grad(critic(x).float().sum(), x, create_graph=True)
+        return grads.flatten(1).pow(2).sum(1).mean()

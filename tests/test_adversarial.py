@@ -12,6 +12,7 @@ from gentrain.adversarial import (
     discriminator_loss,
     generator_loss,
     gradient_penalty,
+    r1_penalty,
 )
 from gentrain.errors import GentrainError
 
@@ -149,3 +150,17 @@ def test_penalty_is_float32_under_bfloat16_autocast() -> None:
     assert mixed.dtype == torch.float32
     assert mixed.item() == pytest.approx(reference.item(), rel=1e-6)
     assert naive.item() != pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_r1_of_a_quadratic_critic_is_the_mean_squared_norm_of_the_real_images() -> None:
+    """f(x) = ½‖x‖² has gradient x, so R1 = mean ‖x_real‖²; it trains the critic (the graph
+    is kept) and never reaches the real images."""
+    real = torch.randn(6, 2, 3, 3).requires_grad_()
+    scale = torch.tensor(2.0, requires_grad=True)
+    penalty = r1_penalty(lambda x: scale * 0.5 * (x**2).flatten(1).sum(1), real)
+    expected = (4 * (real.detach() ** 2).flatten(1).sum(1)).mean()  # ∇ = scale·x
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-5)
+    penalty.backward()
+    assert scale.grad is not None and scale.grad.item() == pytest.approx(
+        (2 * 2 * (real.detach() ** 2).flatten(1).sum(1)).mean().item(), rel=1e-5)
+    assert real.grad is None

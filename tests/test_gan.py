@@ -142,6 +142,24 @@ def test_resnet_with_spectral_norm_and_hinge_trains(tmp_path: Path) -> None:
     assert result["status"] == "completed"
 
 
+def test_the_r1_penalty_adds_half_gamma_times_r1_to_the_d_loss() -> None:
+    spec = DataSpec(name="t", channels=3, height=32, width=32)
+    torch.manual_seed(0)
+    plain = GAN(spec, base_channels=8, latent_dim=8)
+    with_r1 = GAN(spec, base_channels=8, latent_dim=8, r1_weight=10.0)
+    with_r1.load_state_dict(plain.state_dict())
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1}
+    torch.manual_seed(1)
+    base = plain.loss(batch, "discriminator")
+    torch.manual_seed(1)
+    out = with_r1.loss(batch, "discriminator")
+    assert out["r1_penalty"] > 0 and "r1_penalty" not in base
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 5.0 * out["r1_penalty"].item(),
+                                               rel=1e-5)
+    with pytest.raises(GentrainError, match="model.r1_weight"):
+        GAN(spec, r1_weight=-1.0)
+
+
 def test_wgan_gp_resume_is_bitwise_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,13 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from gentrain.adversarial import LOSSES, discriminator_loss, generator_loss, gradient_penalty
+from gentrain.adversarial import (
+    LOSSES,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+)
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.models.base import (
@@ -72,6 +78,7 @@ class GAN(GenerativeModel):
         conditional: bool = False,
         critic_steps: int = 1,
         gp_weight: float = 10.0,
+        r1_weight: float = 0.0,
     ) -> None:
         super().__init__(spec)
         require(loss in LOSSES, f"model.loss={loss!r} is not one of {', '.join(LOSSES)}.")
@@ -79,6 +86,8 @@ class GAN(GenerativeModel):
                 f"model.critic_steps must be a whole number >= 1, not {critic_steps!r}.")
         require(latent_dim >= 1, f"model.latent_dim must be >= 1, not {latent_dim}.")
         require(gp_weight >= 0, f"model.gp_weight must be >= 0, not {gp_weight}.")
+        require(r1_weight >= 0, f"model.r1_weight must be >= 0 (0: off), not {r1_weight}.")
+        self.r1_weight = r1_weight
         if d_norm == "auto":  # the ResNet critic has none; DCGAN's is batch, layer for WGAN-GP
             d_norm = "none" if arch == "resnet" else "layer" if loss == "wgan-gp" else "batch"
         require(not (loss == "wgan-gp" and d_norm == "batch"),
@@ -177,6 +186,10 @@ class GAN(GenerativeModel):
             out["gradient_penalty"] = penalty.detach()
             out["wasserstein_estimate"] = (out["real_logit"] - out["fake_logit"])
             loss = loss + self.gp_weight * penalty
+        if self.r1_weight > 0:  # the raw D, as for the gradient penalty above
+            r1 = r1_penalty(lambda x: self.discriminator(x, label), real)
+            out["r1_penalty"] = r1.detach()
+            loss = loss + self.r1_weight / 2 * r1
         return {"loss": loss, **out, **extra}
 
     def _generator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
