@@ -305,3 +305,26 @@ def test_without_inception_weights_a_gans_best_checkpoint_follows_the_judges_dis
     assert summary["monitor"]["mode"] == "min" and summary["monitor"]["value"] >= 0
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     assert summary["sample_quality_protocol"]["extractor"] == "domain judge"
+
+
+def test_a_code_that_decides_the_class_has_a_high_normalised_mutual_information(
+        quality: DomainQuality) -> None:
+    """InfoGAN-style: when the categorical code picks the shape, the judged class follows it."""
+    images, labels = real_test_images(quality)
+    pools = [images[labels == c] for c in range(6)]
+
+    class Coded(Unconditional):
+        def __init__(self, spec, decides: bool) -> None:  # noqa: ANN001
+            super().__init__(spec, pick=None)
+            self.decides = decides
+
+        def sample_with_codes(self, n, cond=None, generator=None):  # noqa: ANN001, ANN201
+            codes = torch.randint(6, (n,), generator=generator)
+            picked = torch.stack([pools[c][i % pools[c].shape[0]]
+                                  for i, c in enumerate(codes.tolist())])
+            return picked, codes if self.decides else codes[torch.randperm(n)]
+
+    decided, _ = quality(Coded(quality.data.spec, True))
+    independent, _ = quality(Coded(quality.data.spec, False))
+    assert decided["eval/code_nmi_domain"] > 0.8
+    assert independent["eval/code_nmi_domain"] < 0.1
