@@ -134,3 +134,24 @@ def test_ddp_sample_quality_shards_generation_and_gathers_features(tmp_path: Pat
     assert protocol["num_generated"] == 15 and protocol["num_reference"] == 64
     assert summary["best"]["metric"] == "eval/fid" and summary["eval"]["eval/fid"] > 0
     assert len(list((tmp_path / "ref").glob("*.pt"))) == 1  # written once, by rank 0
+
+
+def test_ddp_judge_is_trained_once_and_scores_the_gathered_samples(tmp_path: Path) -> None:
+    """eval.features=domain on two ranks: rank 0 trains and caches the judge, both ranks load
+    it, 8 + 7 samples are judged together and best.pt follows the judge's distance."""
+    gan = [*FAST_RUN, "model=gan", "model.base_channels=8", "model.latent_dim=8",
+           "trainer.eval_limit=8"]
+    quality = ["trainer.max_steps=2", "trainer.eval_every=1", "trainer.eval_sample_quality=true",
+               "trainer.eval_num_samples=15", "eval.features=domain",
+               "eval.reference_split=test", f"eval.judge.cache={tmp_path / 'judges'}",
+               "eval.judge.steps=10", "eval.judge.width=4", "eval.kid_subset_size=8",
+               "eval.kid_subsets=4"]
+    result = torchrun(quality, cwd=tmp_path, base=gan)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
+    protocol = summary["sample_quality_protocol"]
+    assert protocol["num_generated"] == 15 and protocol["num_reference"] == 64
+    assert summary["best"]["metric"] == "eval/fd_domain"
+    assert sum(summary["eval"][f"eval/class_share_domain/{name}"]
+               for name in protocol["class_names"]) == pytest.approx(1)
+    assert len(list((tmp_path / "judges").glob("*.pt"))) == 1
