@@ -15,7 +15,7 @@ value at the same count (held-out real images against the reference), so a reade
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +25,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gentrain.data.core.base import DataModule
-from gentrain.data.core.batch import Batch
 from gentrain.data.core.seeding import derive_seed, generator_for
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 from gentrain.sample_quality import classes
+from gentrain.sample_quality.conditions import reference_conditions, sample_share
 from gentrain.sample_quality.features import fidelity_module, to_uint8_rgb
 from gentrain.sample_quality.judge import (
     Judge,
@@ -160,14 +160,15 @@ class DomainQuality:
 
     def _judge_samples(self, model: GenerativeModel, total: int, rank: int, world_size: int,
                        progress: bool, autocast: Callable[[], Any]) -> dict[str, Tensor]:
-        share = total // world_size + (rank < total % world_size)
+        share = sample_share(total, rank, world_size)
         judged = Judged()
         generator = generator_for(self.device, self.seed, "sample_quality", rank)
         was_training = model.training
         model.eval()
         bar = tqdm(total=share, desc="judging samples", unit="img", leave=False,
                    disable=not progress)
-        for batch in self._conditions(share, rank, world_size):
+        for batch in reference_conditions(self.data, self.reference_split, share, self.batch_size,
+                                          self.device, rank, world_size):
             n = batch["image"].shape[0]
             cond = model.condition(batch)
             judged.translator = cond is not None and ("image" in cond or "source" in cond)
@@ -200,26 +201,6 @@ class DomainQuality:
         kept = {k: v for k, v in result.items() if v is not None}
         kept["translator"] = torch.tensor(judged.translator)
         return kept
-
-    def _conditions(self, share: int, rank: int, world_size: int) -> Iterator[Batch]:
-        """This rank's ``share`` of the reference split's batches, cycled as often as needed."""
-        left = share
-        while left > 0:
-            served = 0
-            for batch in self.data.eval_batches(split=self.reference_split, device=self.device,
-                                                rank=rank, world_size=world_size):
-                for start in range(0, batch["image"].shape[0], self.batch_size):
-                    size = min(self.batch_size, left)
-                    chunk = {k: v[start:start + size] for k, v in batch.items()}
-                    served += chunk["image"].shape[0]
-                    left -= chunk["image"].shape[0]
-                    yield chunk
-                    if left <= 0:
-                        return
-            if served == 0:
-                raise GentrainError(f"The {self.reference_split} split of "
-                                    f"{self.data.spec.name} is empty on this rank; choose "
-                                    "another eval.reference_split.")
 
     def _subsample(self, rows: Tensor, count: int, salt: str) -> Tensor:
         """``count`` of ``rows`` drawn without replacement (seeded): real-vs-real at the

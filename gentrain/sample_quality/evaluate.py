@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from gentrain.data.core.base import DataModule
-from gentrain.data.core.batch import Batch
 from gentrain.data.core.seeding import generator_for
 from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.engine.distributed import barrier
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
+from gentrain.sample_quality.conditions import reference_conditions, sample_share
 from gentrain.sample_quality.domain import DOMAIN_METRICS, DomainQuality
 from gentrain.sample_quality.features import (
     FEATURE_KINDS,
@@ -221,14 +221,17 @@ class SampleQuality:
         key = model.reference_images
         real = self.reference(rank=rank, world_size=world_size, progress=progress, key=key)
         total = num_samples or self.settings.num_samples
-        share = total // world_size + (rank < total % world_size)
+        share = sample_share(total, rank, world_size)
         fake = FeatureStats(keep=self._kept_rows(), keep_logits="is" in self.settings.metrics)
         generator = generator_for(self.device, self.seed, "sample_quality", rank)
         was_training = model.training
         model.eval()
         bar = tqdm(total=share, desc="sample quality", unit="img", leave=False,
                    disable=not progress)
-        for batch in self._conditions(share, rank, world_size):
+        conditions = reference_conditions(self.data, self.settings.reference_split, share,
+                                          self.settings.batch_size, self.device, rank,
+                                          world_size)
+        for batch in conditions:
             n = batch["image"].shape[0]
             with autocast():
                 images = model.sample(n, model.condition(batch), generator)
@@ -238,29 +241,6 @@ class SampleQuality:
         model.train(was_training)
         fake.merge_across_ranks()
         return self._metrics(real, fake), self.protocol(int(real.count), int(fake.count), key)
-
-    def _conditions(self, share: int, rank: int, world_size: int) -> Iterator[Batch]:
-        """This rank's ``share`` of conditions: the reference split's batches (labels or
-        sources, so conditional samples follow the data), cycled as often as needed."""
-        left = share
-        while left > 0:
-            served = 0
-            for batch in self.data.eval_batches(
-                    split=self.settings.reference_split, device=self.device, rank=rank,
-                    world_size=world_size):
-                for start in range(0, batch["image"].shape[0], self.settings.batch_size):
-                    chunk = {k: v[start:start + min(self.settings.batch_size, left)]
-                             for k, v in batch.items()}
-                    served += chunk["image"].shape[0]
-                    left -= chunk["image"].shape[0]
-                    yield chunk
-                    if left <= 0:
-                        return
-            if served == 0:
-                raise GentrainError(
-                    f"The {self.settings.reference_split} split of {self.data.spec.name} is "
-                    "empty on this rank; choose another eval.reference_split."
-                )
 
     def _metrics(self, real: FeatureStats, fake: FeatureStats) -> dict[str, float]:
         s, out = self.settings, {}
