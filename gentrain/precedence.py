@@ -134,7 +134,6 @@ def _settle_net(cfg: DictConfig, choice: str, given: dict[str, Override]) -> Dec
 
 def _net_option(choice: str) -> DictConfig:
     """The ``model/net`` option ``choice`` as Hydra finds it (the running app's search path)."""
-    problem = None
     if not GlobalHydra.instance().is_initialized():
         problem = "Hydra's config search path is not set up (gentrain runs outside Hydra)"
     else:
