@@ -19,7 +19,7 @@ from test_resume import straight_and_resumed
 from gentrain.data.core.batch import DataSpec
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
-from gentrain.models.gan import frozen
+from gentrain.models.adversarial_step import frozen
 from gentrain.models.infogan import SWEEP, InfoGAN, code_nlls
 
 NOISE, K, CONT, SIDE = 5, 3, 2, 16

@@ -9,13 +9,15 @@ the paper's phases in its order on one batch:
 2. ``discriminator``: the latent D learns to call prior samples real (1) and codes fake (0);
 3. ``generator``: the encoder, as the generator, makes its codes look real to a frozen D.
 
-The D phase encodes with the encoder the reconstruction phase has just updated; the generator
-phase reuses those codes (the encoder has not changed since), so the encoder runs twice per
-step, as it must. With ``conditional`` the label is given to D (one-hot, next to z) and the
-prior samples of each example come from its label's mixture component or swiss-roll segment
-(the paper's Fig. 6, "incorporating label information in the adversarial regularization"):
-each class is pushed into its own part of the prior, and decoding a part draws that class.
-Encoder and decoder never see the label.
+Phases 2 and 3 are the shared adversarial step, played on codes. The D phase encodes with the
+encoder the reconstruction phase has just updated; the generator phase reuses those codes
+(the encoder has not changed since), so the encoder runs twice per step, as it must.
+
+With ``conditional`` the label is given to D (one-hot, next to z) and the prior samples of
+each example come from its label's mixture component or swiss-roll segment (the paper's
+Fig. 6, "incorporating label information in the adversarial regularization"): each class is
+pushed into its own part of the prior, and decoding a part draws that class. Encoder and
+decoder never see the label.
 """
 
 from __future__ import annotations
@@ -26,23 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.adversarial import discriminator_loss, generator_loss
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
+from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes
 from gentrain.models.base import (
-    GenerativeModel,
     Grid,
-    Phase,
     StepContext,
     labels_of,
     require_class_labels,
     sampling_labels,
 )
-from gentrain.models.gan import frozen
 from gentrain.nets.conv import ConvDecoder, ConvEncoder, checked_num_down
 from gentrain.priors import LatentPrior
 
-OBJECTIVE = "nonsaturating"  # D: BCE on real/fake codes; encoder: -log D(E(x))
 GRID_ROW = 8
 MANIFOLD_SIDE = 12  # 2-d codes: decode a MANIFOLD_SIDE x MANIFOLD_SIDE lattice over the prior
 FIGURE_PRIOR_POINTS = 2000  # grey prior samples behind the scatter of held-out codes
@@ -60,12 +58,15 @@ def latent_discriminator(in_features: int, hidden: int, layers: int) -> nn.Seque
     return nn.Sequential(*blocks, nn.Linear(width, 1))
 
 
-class AAE(GenerativeModel):
+class AAE(AdversarialModel):
     """Deterministic encoder E(x), decoder G(z) and a latent discriminator D(z, y)."""
 
     family = "aae"
     monitor = "recon_mse"
     ema_networks = ("encoder", "decoder")
+    players = {"reconstruction": ("encoder", "decoder"), "discriminator": ("discriminator",),
+               "generator": ("encoder",)}
+    objective = "nonsaturating"  # D: BCE on real/fake codes; encoder: -log D(E(x))
 
     def __init__(
         self,
@@ -110,23 +111,6 @@ class AAE(GenerativeModel):
         self.discriminator = latent_discriminator(latent_dim + self.num_classes, d_hidden,
                                                   d_layers)
 
-    # -- what the trainer needs ---------------------------------------------------------------
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        return (Phase("reconstruction"), Phase("discriminator"), Phase("generator"))
-
-    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
-        networks = {"reconstruction": (self.encoder, self.decoder),
-                    "discriminator": (self.discriminator,), "generator": (self.encoder,)}
-        if phase not in networks:
-            raise KeyError(phase)
-        return [p for network in networks[phase] for p in network.parameters()]
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "decoder": self.decoder,
-                "discriminator": self.discriminator}
-
     def condition(self, batch: Batch) -> Batch | None:
         label = self._labels(batch)
         return None if label is None else {"label": label}
@@ -148,17 +132,21 @@ class AAE(GenerativeModel):
 
     # -- training -----------------------------------------------------------------------------
 
-    def loss(
-        self, batch: Batch, phase: str, ctx: StepContext | None = None
-    ) -> dict[str, Tensor]:
-        ctx = ctx or StepContext()
+    def own_loss(self, batch: Batch, phase: str, ctx: StepContext) -> dict[str, Tensor]:
         if phase == "reconstruction":
             return self._reconstruction_loss(batch)
-        if phase == "discriminator":
-            return self._discriminator_loss(batch, ctx)
-        if phase == "generator":
-            return self._generator_loss(batch, ctx)
         raise KeyError(phase)
+
+    def make_fakes(self, batch: Batch) -> Fakes:
+        return {"codes": self._encode(batch["image"])}
+
+    def duels(self, batch: Batch, fakes: Fakes, with_real: bool) -> list[Duel]:
+        """D tells prior samples (real) from codes (fake), with the label if conditional."""
+        label = self._labels(batch)
+        prior = self.prior.sample(fakes["codes"].shape[0], label,
+                                  device=fakes["codes"].device) if with_real else None
+        return [Duel("discriminator", fakes["codes"], prior,
+                     lambda critic, z, fake: self._critic(critic, z, label))]
 
     def _reconstruction_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Mean squared error per pixel on the [-1, 1] scale.
@@ -172,28 +160,6 @@ class AAE(GenerativeModel):
         out = self.network("decoder")(self._encode(x)).float()
         mse = (out - x.float()).pow(2).mean()
         return {"loss": mse, "mse": mse.detach()}
-
-    def _discriminator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        x, label = batch["image"], self._labels(batch)
-        if ctx.reuse_graphs:  # the generator phase of this micro-batch backprops through these
-            codes = ctx.scratch["codes"] = self._encode(x)
-        else:
-            with torch.no_grad():
-                codes = self._encode(x)
-        prior = self.prior.sample(x.shape[0], label, device=x.device)
-        critic = self.network("discriminator")
-        real, fake = self._critic(critic, prior, label), self._critic(critic, codes.detach(), label)
-        return {"loss": discriminator_loss(OBJECTIVE, real, fake),
-                "real_logit": real.detach().float().mean(),
-                "fake_logit": fake.detach().float().mean()}
-
-    def _generator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        codes = ctx.scratch.pop("codes", None)
-        if codes is None:
-            codes = self._encode(batch["image"])
-        with frozen(self.discriminator) as critic:
-            fake = self._critic(critic, codes, self._labels(batch))
-        return {"loss": generator_loss(OBJECTIVE, fake)}
 
     # -- sampling and evaluation --------------------------------------------------------------
 

@@ -9,7 +9,8 @@ from a history of 50 earlier ones (Shrivastava et al.).
 
 One training step is a generator phase, then a discriminator phase, as in the reference's
 ``optimize_parameters``: the G step makes the fakes, the D step judges those same fakes (taken
-before G's update, detached, through the pools). The trainer counts steps by its last phase,
+before G's update, detached, through the pools), through the shared adversarial step with two
+duels, D_A against F(B) and D_B against G(A). The trainer counts steps by its last phase,
 here the discriminator's; both phases step once per training step, so the count is the same.
 """
 
@@ -18,18 +19,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gentrain.adversarial import discriminator_loss, generator_loss
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import GentrainError, require
-from gentrain.models.base import GenerativeModel, Grid, Phase, StepContext
-from gentrain.models.gan import frozen
+from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes, Verdict
+from gentrain.models.base import Grid
 from gentrain.models.pix2pix import _as_channels
 from gentrain.nets.pix2pix import PatchDiscriminator
 from gentrain.nets.translation import ResnetGenerator
 
 DIRECTIONS = ("AtoB", "BtoA")
 GRID_ROWS = 8
-OBJECTIVE = "lsgan"  # the paper's least-squares loss (Mao et al.)
 
 
 class ImagePool(nn.Module):
@@ -73,7 +72,7 @@ class ImagePool(nn.Module):
         return torch.stack(out).to(fakes.dtype)
 
 
-class CycleGAN(GenerativeModel):
+class CycleGAN(AdversarialModel):
     """G: A→B, F: B→A, D_A and D_B, trained on unpaired (or paired, alignment ignored) data."""
 
     family = "cyclegan"
@@ -83,6 +82,11 @@ class CycleGAN(GenerativeModel):
     sample_quality_metrics = ("fid",)  # of the translations against their target domain
     inference_keys = ("direction",)
     ema_networks = ("generator_ab", "generator_ba")
+    players = {"generator": ("generator_ab", "generator_ba"),
+               "discriminator": ("discriminator_a", "discriminator_b")}
+    objective = "lsgan"  # the paper's least-squares loss (Mao et al.)
+    discriminator_scale = 0.5  # as in the paper, to slow D down relative to G
+    generator_first = True  # the reference's order: G makes the fakes, D judges them after
 
     def __init__(
         self,
@@ -136,23 +140,6 @@ class CycleGAN(GenerativeModel):
                 "data=facades) works too; CycleGAN ignores the alignment."
             )
 
-    # -- what the trainer needs ---------------------------------------------------------------
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        return (Phase("generator"), Phase("discriminator"))
-
-    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
-        if phase == "generator":
-            return [*self.generator_ab.parameters(), *self.generator_ba.parameters()]
-        if phase == "discriminator":
-            return [*self.discriminator_a.parameters(), *self.discriminator_b.parameters()]
-        raise KeyError(phase)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"generator_ab": self.generator_ab, "generator_ba": self.generator_ba,
-                "discriminator_a": self.discriminator_a, "discriminator_b": self.discriminator_b}
-
     @property
     def reference_images(self) -> str:
         """Domain B's images for A→B translations, domain A's (``source``) for B→A."""
@@ -164,52 +151,35 @@ class CycleGAN(GenerativeModel):
 
     # -- training -----------------------------------------------------------------------------
 
-    def loss(
-        self, batch: Batch, phase: str, ctx: StepContext | None = None
-    ) -> dict[str, Tensor]:
-        ctx = ctx or StepContext()
-        if phase == "generator":
-            return self._generator_loss(batch["source"], batch["image"], ctx)
-        if phase == "discriminator":
-            return self._discriminator_loss(batch["source"], batch["image"], ctx)
-        raise KeyError(phase)
+    def make_fakes(self, batch: Batch) -> Fakes:
+        """G(a) and F(b), through the trainer's wrapped generators."""
+        return {"b": self.network("generator_ab")(batch["source"]),
+                "a": self.network("generator_ba")(batch["image"])}
 
-    def _generator_loss(
-        self, real_a: Tensor, real_b: Tensor, ctx: StepContext
-    ) -> dict[str, Tensor]:
+    def duels(self, batch: Batch, fakes: Fakes, with_real: bool) -> list[Duel]:
+        """D_A: real A against F(B) from pool A; D_B: real B against G(A) from pool B."""
+        return [Duel("discriminator_a", fakes["a"], batch["source"] if with_real else None,
+                     history=self.pool_a, name="a"),
+                Duel("discriminator_b", fakes["b"], batch["image"] if with_real else None,
+                     history=self.pool_b, name="b")]
+
+    def discriminator_terms(self, batch: Batch, fakes: Fakes,
+                            verdicts: list[Verdict]) -> dict[str, Tensor]:
+        return {"d_a": verdicts[0].loss, "d_b": verdicts[1].loss}
+
+    def generator_terms(self, batch: Batch, fakes: Fakes,
+                        verdicts: list[Verdict]) -> dict[str, Tensor]:
+        real_a, real_b, fake_a, fake_b = batch["source"], batch["image"], fakes["a"], fakes["b"]
         g, f = self.network("generator_ab"), self.network("generator_ba")
-        fake_b, fake_a = g(real_a), f(real_b)
-        # Detached: the D step needs no graph of G's, so this holds with or without
-        # ctx.reuse_graphs (no backward ever runs through these in a later phase).
-        ctx.scratch["fakes"] = (fake_a.detach(), fake_b.detach())
-        with frozen(self.discriminator_a) as d_a, frozen(self.discriminator_b) as d_b:
-            gan_ab, gan_ba = generator_loss(OBJECTIVE, d_b(fake_b)), \
-                generator_loss(OBJECTIVE, d_a(fake_a))
-        cycle_a = _l1(f(fake_b), real_a)
-        cycle_b = _l1(g(fake_a), real_b)
-        total = gan_ab + gan_ba + self.cycle_weight * (cycle_a + cycle_b)
-        out = {"gan_ab": gan_ab.detach(), "gan_ba": gan_ba.detach(),
+        cycle_a, cycle_b = _l1(f(fake_b), real_a), _l1(g(fake_a), real_b)
+        total = self.cycle_weight * (cycle_a + cycle_b)
+        out = {"gan_ba": verdicts[0].loss, "gan_ab": verdicts[1].loss,
                "cycle_a": cycle_a.detach(), "cycle_b": cycle_b.detach()}
         if self.identity_weight > 0:
             identity = _l1(g(real_b), real_b) + _l1(f(real_a), real_a)
             total = total + self.identity_weight * self.cycle_weight * identity
             out["identity"] = identity.detach()
         return {"loss": total, **out}
-
-    def _discriminator_loss(
-        self, real_a: Tensor, real_b: Tensor, ctx: StepContext
-    ) -> dict[str, Tensor]:
-        fakes = ctx.scratch.pop("fakes", None)
-        if fakes is None:  # called on its own (outside the trainer's G-then-D step)
-            with torch.no_grad():
-                fakes = (self.network("generator_ba")(real_b),
-                         self.network("generator_ab")(real_a))
-        fake_a, fake_b = self.pool_a(fakes[0]), self.pool_b(fakes[1])
-        d_a, d_b = self.network("discriminator_a"), self.network("discriminator_b")
-        # Halved, as in the paper, to slow D down relative to G.
-        loss_a = 0.5 * discriminator_loss(OBJECTIVE, d_a(real_a), d_a(fake_a))
-        loss_b = 0.5 * discriminator_loss(OBJECTIVE, d_b(real_b), d_b(fake_b))
-        return {"loss": loss_a + loss_b, "d_a": loss_a.detach(), "d_b": loss_b.detach()}
 
     # -- inference ----------------------------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 A U-Net generator maps the source to the target; a PatchGAN discriminator judges
 (source, image) pairs patch by patch. G minimises the cGAN loss plus λ·L1 to the target
-(λ = 100), D the cGAN loss halved. One D step then one G step per training step, and the G
-step reuses the output the D step generated on the same batch, so G runs once per step as in
-the reference implementation. At inference G runs exactly as in training (the paper's
-protocol): dropout on and batch norm on the statistics of the input itself, one image at a time.
+(λ = 100), D the cGAN loss halved. One D step then one G step per training step (the shared
+adversarial step), and the G step reuses the output the D step generated on the same batch,
+so G runs once per step as in the reference implementation. At inference G runs exactly as in
+training (the paper's protocol): dropout on and batch norm on the statistics of the input
+itself, one image at a time.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from gentrain.adversarial import discriminator_loss, generator_loss
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import GentrainError, require
 from gentrain.image_metrics import l1, psnr, ssim
-from gentrain.models.base import GenerativeModel, Grid, Phase, StepContext
-from gentrain.models.gan import frozen
+from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes, Verdict
+from gentrain.models.base import Grid
 from gentrain.nets.pix2pix import PatchDiscriminator, UNetGenerator
 
 GAN_LOSSES = {"vanilla": "nonsaturating", "lsgan": "lsgan"}  # pix2pix name -> objective
@@ -44,12 +44,14 @@ def training_mode(network: nn.Module, seed: int) -> Iterator[nn.Module]:
             network.train(was_training)
 
 
-class Pix2Pix(GenerativeModel):
+class Pix2Pix(AdversarialModel):
     """A U-Net generator G(source) and a PatchGAN D(source, image), trained on pairs."""
 
     family = "pix2pix"
     monitor = "l1"
     sample_quality_metrics = ("fid",)  # of outputs vs targets
+    players = {"generator": ("generator",), "discriminator": ("discriminator",)}
+    discriminator_scale = 0.5  # as in the paper, to slow D down relative to G
 
     def __init__(
         self,
@@ -73,7 +75,8 @@ class Pix2Pix(GenerativeModel):
                 f"model.d_layers={d_layers} halves {spec.height} px images {d_layers} times, too "
                 f"small for the PatchGAN's last two 4x4 convolutions; use model.d_layers <= "
                 f"{max(1, int(math.log2(spec.height)) - 2)} at this resolution.")
-        self.objective, self.l1_weight = GAN_LOSSES[gan_loss], l1_weight
+        self.set_game(GAN_LOSSES[gan_loss])
+        self.l1_weight = l1_weight
         self.generator = UNetGenerator(spec.source_channels, spec.channels, spec.height,
                                        base_channels=base_channels, norm=norm, dropout=dropout,
                                        num_down=num_down)
@@ -96,53 +99,24 @@ class Pix2Pix(GenerativeModel):
                 f"The pix2pix U-Net needs square images; data {spec.name!r} is "
                 f"{spec.height}x{spec.width}.")
 
-    # -- what the trainer needs ---------------------------------------------------------------
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        return (Phase("discriminator"), Phase("generator"))
-
-    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
-        networks = {"discriminator": self.discriminator, "generator": self.generator}
-        if phase not in networks:
-            raise KeyError(phase)
-        return list(networks[phase].parameters())
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"generator": self.generator, "discriminator": self.discriminator}
-
     def condition(self, batch: Batch) -> Batch | None:
         return {"source": batch["source"]}
 
     # -- training -----------------------------------------------------------------------------
 
-    def loss(
-        self, batch: Batch, phase: str, ctx: StepContext | None = None
-    ) -> dict[str, Tensor]:
-        ctx = ctx or StepContext()
-        source, target = batch["source"], batch["image"]
-        if phase == "discriminator":
-            if ctx.reuse_graphs:  # the G step of this micro-batch backprops through it
-                output = ctx.scratch["output"] = self.network("generator")(source)
-            else:
-                with torch.no_grad():
-                    output = self.network("generator")(source)
-            critic = self.network("discriminator")
-            real = critic(torch.cat([source, target], dim=1))
-            fake = critic(torch.cat([source, output.detach()], dim=1))
-            # Halved, as in the paper, to slow D down relative to G.
-            return {"loss": 0.5 * discriminator_loss(self.objective, real, fake)}
-        if phase == "generator":
-            output = ctx.scratch.pop("output", None)
-            if output is None:
-                output = self.network("generator")(source)
-            with frozen(self.discriminator) as critic:
-                fake = critic(torch.cat([source, output], dim=1))
-            adversarial = generator_loss(self.objective, fake)
-            distance = (output.float() - target.float()).abs().mean()
-            return {"loss": adversarial + self.l1_weight * distance,
-                    "gan": adversarial.detach(), "l1": distance.detach()}
-        raise KeyError(phase)
+    def make_fakes(self, batch: Batch) -> Fakes:
+        return {"image": self.network("generator")(batch["source"])}
+
+    def duels(self, batch: Batch, fakes: Fakes, with_real: bool) -> list[Duel]:
+        """D sees (source, image) pairs: the real target's or G's output."""
+        source = batch["source"]
+        real = torch.cat([source, batch["image"]], dim=1) if with_real else None
+        return [Duel("discriminator", torch.cat([source, fakes["image"]], dim=1), real)]
+
+    def generator_terms(self, batch: Batch, fakes: Fakes,
+                        verdicts: list[Verdict]) -> dict[str, Tensor]:
+        distance = (fakes["image"].float() - batch["image"].float()).abs().mean()
+        return {"loss": self.l1_weight * distance, "gan": verdicts[0].loss, "l1": distance.detach()}
 
     # -- inference ----------------------------------------------------------------------------
 

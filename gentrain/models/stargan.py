@@ -12,27 +12,24 @@ cycle G(G(x, c_trg), c_org). The targets are the batch's labels in random order 
 code's ``label_trg = label_org[rand_idx]``), so they are always valid label combinations,
 mutually exclusive groups such as hair colour included. Five critic updates per generator
 update, each on a fresh batch (the reference gives G the fifth critic batch; here it draws
-its own).
+its own), through the shared adversarial step.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.adversarial import discriminator_loss, generator_loss, gradient_penalty
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import GentrainError, require
-from gentrain.models.base import GenerativeModel, Grid, Phase, StepContext
-from gentrain.models.gan import frozen
+from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes, Verdict
+from gentrain.models.base import Grid
 from gentrain.nets.stargan import StarDiscriminator
 from gentrain.nets.translation import ResnetGenerator
 
-OBJECTIVE = "wgan-gp"
 GRID_ROWS = 8
 
 
@@ -43,7 +40,7 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return bce / logits.shape[0]
 
 
-class StarGAN(GenerativeModel):
+class StarGAN(AdversarialModel):
     """A generator G(x, c) and a two-headed critic D(x) = (D_src, D_cls) over attribute domains."""
 
     family = "stargan"
@@ -51,6 +48,7 @@ class StarGAN(GenerativeModel):
     monitor = "fid"
     sample_quality_metrics = ("fid",)
     ema_networks = ("generator",)
+    players = {"generator": ("generator",), "discriminator": ("discriminator",)}
 
     def __init__(
         self,
@@ -67,12 +65,9 @@ class StarGAN(GenerativeModel):
         exclusive_groups: Sequence[Sequence[str]] = (),
     ) -> None:
         super().__init__(spec)
-        require(isinstance(critic_steps, int) and critic_steps >= 1,
-                f"model.critic_steps must be a whole number >= 1, not {critic_steps!r}.")
-        for key, weight in (("cls_weight", cls_weight), ("rec_weight", rec_weight),
-                            ("gp_weight", gp_weight)):
+        self.set_game("wgan-gp", critic_steps=critic_steps, gp_weight=gp_weight)
+        for key, weight in (("cls_weight", cls_weight), ("rec_weight", rec_weight)):
             require(weight >= 0, f"model.{key} must be >= 0, not {weight}.")
-        self.critic_steps, self.gp_weight = critic_steps, gp_weight
         self.cls_weight, self.rec_weight = cls_weight, rec_weight
         self.num_domains = spec.num_classes
         self.groups = _group_indices(exclusive_groups, spec.class_names)
@@ -99,27 +94,6 @@ class StarGAN(GenerativeModel):
                 f"StarGAN's discriminator needs square images; data {spec.name!r} is "
                 f"{spec.height}x{spec.width}.")
 
-    # -- what the trainer needs ---------------------------------------------------------------
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        fresh = self.critic_steps > 1  # each critic update on its own real batch
-        return (Phase("discriminator", self.critic_steps, fresh_batch=fresh), Phase("generator"))
-
-    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
-        networks = {"discriminator": self.discriminator, "generator": self.generator}
-        if phase not in networks:
-            raise KeyError(phase)
-        return list(networks[phase].parameters())
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"generator": self.generator, "discriminator": self.discriminator}
-
-    @property
-    def compile_unsupported(self) -> str | None:
-        return ("WGAN-GP's gradient penalty differentiates through the critic twice "
-                "(create_graph=True), which torch.compile does not support.")
-
     def condition(self, batch: Batch) -> Batch | None:
         """The batch's images with, as targets, the labels of the batch shifted by one: a
         fixed, valid target per image (task=eval's FID translates the reference split)."""
@@ -140,56 +114,33 @@ class StarGAN(GenerativeModel):
                 "data.labels=attributes).")
         return batch["label"].float()
 
-    def loss(
-        self, batch: Batch, phase: str, ctx: StepContext | None = None
-    ) -> dict[str, Tensor]:
-        ctx = ctx or StepContext()
-        if phase == "discriminator":
-            return self._discriminator_loss(batch, ctx)
-        if phase == "generator":
-            return self._generator_loss(batch, ctx)
-        raise KeyError(phase)
-
-    def _discriminator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        real, label = batch["image"], self._labels(batch)
+    def make_fakes(self, batch: Batch) -> Fakes:
+        """The batch translated to targets drawn from the batch's own labels, shuffled."""
+        label = self._labels(batch)
         target = label[torch.randperm(label.shape[0], device=label.device)]
-        reuse = self.critic_steps == 1 and ctx.reuse_graphs  # G's step takes these fakes
-        with contextlib.nullcontext() if reuse else torch.no_grad():
-            fake = self.translate(real, target, self.network("generator"))
-        if reuse:
-            ctx.scratch["fake"] = (fake, target)
-        critic = self.network("discriminator")
-        (real_src, real_cls), (fake_src, _) = critic(real), critic(fake.detach())
-        adversarial = discriminator_loss(OBJECTIVE, real_src, fake_src)
-        classification = classification_loss(real_cls, label)
-        # The raw critic: DDP does not support autograd.grad through its wrapper, and the
-        # penalty's parameter gradients still reach the all-reduce of this backward.
-        penalty = gradient_penalty(lambda x: self.discriminator(x)[0], real, fake)
-        loss = adversarial + self.cls_weight * classification + self.gp_weight * penalty
-        accuracy = ((real_cls.detach() > 0).float() == label).float().mean()
-        return {"loss": loss, "wasserstein_estimate": -adversarial.detach(),
-                "classification": classification.detach(), "gradient_penalty": penalty.detach(),
-                "real_accuracy": accuracy}
+        return {"image": self.translate(batch["image"], target, self.network("generator")),
+                "target": target}
 
-    def _generator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        real, label = batch["image"], self._labels(batch)
-        generator = self.network("generator")
-        reused = ctx.scratch.pop("fake", None)
-        if reused is None:
-            target = label[torch.randperm(label.shape[0], device=label.device)]
-            fake = self.translate(real, target, generator)
-        else:
-            fake, target = reused
-        with frozen(self.discriminator) as critic:
-            fake_src, fake_cls = critic(fake)
-        adversarial = generator_loss(OBJECTIVE, fake_src)
-        classification = classification_loss(fake_cls, target)
-        cycle = self.translate(fake, label, generator)  # back to the original domain
+    def duels(self, batch: Batch, fakes: Fakes, with_real: bool) -> list[Duel]:
+        """D_src is the game's D; D_cls's logits come with it, for the classification terms."""
+        return [Duel("discriminator", fakes["image"], batch["image"] if with_real else None)]
+
+    def discriminator_terms(self, batch: Batch, fakes: Fakes,
+                            verdicts: list[Verdict]) -> dict[str, Tensor]:
+        label, real_cls = self._labels(batch), verdicts[0].real_extra
+        classification = classification_loss(real_cls, label)
+        accuracy = ((real_cls.detach() > 0).float() == label).float().mean()
+        return {"loss": self.cls_weight * classification,
+                "classification": classification.detach(), "real_accuracy": accuracy}
+
+    def generator_terms(self, batch: Batch, fakes: Fakes,
+                        verdicts: list[Verdict]) -> dict[str, Tensor]:
+        real, fake = batch["image"], fakes["image"]
+        classification = classification_loss(verdicts[0].fake_extra, fakes["target"])
+        cycle = self.translate(fake, self._labels(batch), self.network("generator"))
         reconstruction = (real.float() - cycle.float()).abs().mean()
-        loss = (adversarial + self.cls_weight * classification
-                + self.rec_weight * reconstruction)
-        return {"loss": loss, "adversarial": adversarial.detach(),
-                "classification": classification.detach(),
+        return {"loss": self.cls_weight * classification + self.rec_weight * reconstruction,
+                "adversarial": verdicts[0].loss, "classification": classification.detach(),
                 "reconstruction": reconstruction.detach()}
 
     # -- inference ----------------------------------------------------------------------------
