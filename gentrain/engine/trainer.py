@@ -221,12 +221,14 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         rng = gather_to_all(ckpt.capture_rng())  # collective: every rank calls state_dict
         self._refresh_standing_statistics()
+        model = self.model.state_dict()
         return {
             "format": ckpt.FORMAT,
             "version": gentrain.__version__,
             "family": self.model.family,
             "data_spec": dataclasses.asdict(self.data.spec),
-            "model": self.model.state_dict(),
+            "model": model,
+            "rank_local": self._rank_local_state(model),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizers": {s.phase.name: s.optimizer.state_dict() for s in self.phases},
             "schedulers": {s.phase.name: s.scheduler.state_dict() for s in self.phases},
@@ -261,13 +263,23 @@ class Trainer:
         self.train_time = float(state.get("train_time", 0.0))
         self.best = state.get("best")
         self.loader.load_state_dict(state["data"])
-        rng = state["rng"]
+        rng, rank_local = state["rng"], state.get("rank_local")
         if state.get("world_size") == self.dist.world_size and len(rng) == self.dist.world_size:
             ckpt.restore_rng(rng[self.dist.rank])
+            if rank_local:
+                self.model.load_state_dict(rank_local[self.dist.rank], strict=False)
         else:
             log.warning("World size changed since the checkpoint; each rank now sees other "
                         "shards and fresh RNG streams, so this resume is not bitwise exact.")
             torch.manual_seed(derive_seed(self.seed, "resume", self.step, self.dist.rank))
+
+    def _rank_local_state(self, model: dict[str, Tensor]) -> list[dict[str, Tensor]] | None:
+        """Every rank's part of the model state that it keeps for itself (collective)."""
+        prefixes = self.model.rank_local_state
+        if not prefixes:
+            return None
+        own = {k: v.detach().cpu() for k, v in model.items() if k.startswith(prefixes)}
+        return gather_to_all(own)  # type: ignore[return-value]
 
     def save(self, *, periodic: bool = False, best: bool = False) -> None:
         """Write last.pt (and a periodic or best copy) unless already written at this step.

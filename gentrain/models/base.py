@@ -111,6 +111,10 @@ class GenerativeModel(nn.Module):
     #: Names of the sub-networks (attributes) the trainer averages with EMA; None: the whole
     #: model. A GAN names its generator, so the discriminator is neither copied nor averaged.
     ema_networks: tuple[str, ...] | None = None
+    #: ``state_dict`` key prefixes of state that each rank keeps for itself under DDP (CycleGAN's
+    #: histories of fakes): a checkpoint holds every rank's, and a resume on as many ranks
+    #: gives each its own back (the model state holds rank 0's, for any other use).
+    rank_local_state: tuple[str, ...] = ()
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()

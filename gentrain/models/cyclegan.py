@@ -87,6 +87,7 @@ class CycleGAN(AdversarialModel):
     objective = "lsgan"  # the paper's least-squares loss (Mao et al.)
     discriminator_scale = 0.5  # as in the paper, to slow D down relative to G
     generator_first = True  # the reference's order: G makes the fakes, D judges them after
+    rank_local_state = ("pool_a.", "pool_b.")  # each rank's own history of its fakes
 
     def __init__(
         self,
