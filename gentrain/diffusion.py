@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -22,6 +23,11 @@ from gentrain.likelihoods import discretized_gaussian_log_prob, gaussian_kl
 SCHEDULES = ("linear", "cosine")
 TARGETS = ("eps", "x0", "v")
 VARIANCES = ("fixedlarge", "fixedsmall")
+#: ``ancestral`` walks all T steps; the few-step samplers visit ``steps`` timesteps chosen by
+#: a spacing: ``ddim`` (Song et al.) and ``dpm_solver++`` (Lu et al. 2022, 2M, data prediction).
+SAMPLERS = ("ancestral", "ddim", "dpm_solver++")
+FEW_STEP_SAMPLERS = SAMPLERS[1:]
+SPACINGS = ("uniform", "quadratic")
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
@@ -162,11 +168,12 @@ class Diffusion:
         return mean, log_variance, x0
 
     def ancestral_step(
-        self, x_t: Tensor, t: int, output: Tensor, generator: torch.Generator | None = None
+        self, x_t: Tensor, t: int, output: Tensor, generator: torch.Generator | None = None,
+        clip: bool = True,
     ) -> Tensor:
         """x_{t−1} ~ p(x_{t−1} | x_t) (no noise is added at the last step, t = 0)."""
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        mean, log_variance, _ = self.p_mean_log_variance(x_t, t_batch, output)
+        mean, log_variance, _ = self.p_mean_log_variance(x_t, t_batch, output, clip)
         if t == 0:
             return mean
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
@@ -195,41 +202,99 @@ class Diffusion:
             x_prev = x_prev + sigma * noise
         return x_prev
 
+    def log_snr(self, t: int) -> float:
+        """λ_t = log(α_t / σ_t) with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t); +∞ at t = −1 (the data)."""
+        if t < 0:
+            return math.inf
+        a = float(self.alphas_cumprod[t])
+        return 0.5 * (math.log(a) - math.log1p(-a))
 
-def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced timesteps 0, k, 2k, … with k = T // steps (DDIM's "uniform")."""
+    def dpm_solver_step(
+        self, x_t: Tensor, t: int, t_prev: int, output: Tensor,
+        history: tuple[int, Tensor] | None = None, clip: bool = True,
+    ) -> tuple[Tensor, tuple[int, Tensor]]:
+        """One DPM-Solver++(2M) step (Lu et al. 2022, data prediction) from t to t_prev < t.
+
+        With h = λ_{t_prev} − λ_t, the exponential integrator of the data-prediction ODE gives
+        x_{t_prev} = (σ_{t_prev} / σ_t) x_t − α_{t_prev} (e^{−h} − 1) D. First order (no
+        ``history``), D = x̂₀ and the step is DDIM's with η = 0. Second order, ``history`` is
+        (s, x̂₀ at s) of the step before, r = (λ_t − λ_s) / h and
+        D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀(s). The step to x₀ (t_prev = −1, λ = +∞) is always
+        first order: it returns x̂₀. x̂₀ is clipped to [-1, 1] as :meth:`ddim_step` clips it.
+
+        Returns x_{t_prev} and the history the next step takes.
+        """
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0, _ = self.predict_x0_eps(x_t, t_batch, output)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        lam, lam_prev = self.log_snr(t), self.log_snr(t_prev)
+        h = lam_prev - lam
+        denoised = x0
+        if history is not None and t_prev >= 0:
+            t_before, x0_before = history
+            r = (lam - self.log_snr(t_before)) / h
+            denoised = x0 + (x0 - x0_before) / (2 * r)
+        a_t = float(self.alphas_cumprod[t])
+        a_prev = float(self.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
+        ratio = math.sqrt((1 - a_prev) / (1 - a_t))  # σ_{t_prev} / σ_t (0 at the data)
+        x_prev = ratio * x_t + math.sqrt(a_prev) * -math.expm1(-h) * denoised
+        return x_prev, (t, x0)
+
+
+def ddim_timesteps(timesteps: int, steps: int, spacing: str = "uniform") -> list[int]:
+    """The increasing timesteps a few-step sampler visits (DDIM's ``skip_type``).
+
+    ``uniform``: ``steps`` evenly spaced timesteps 0, k, 2k, … with k = T // steps.
+    ``quadratic``: DDIM's code for its CIFAR-10 table, ``int`` of
+    ``np.linspace(0, √(0.8 T), steps) ** 2``; both use DDIM's indexing, where timestep i is
+    ᾱ_i here (its code reads ᾱ at i + 1 of a list padded with ᾱ = 1 in front). Where the
+    squares of small steps truncate to the same integer (many steps), the repeats are dropped:
+    DDIM's step from t to t is the identity, and DPM-Solver cannot take a zero-length step,
+    so fewer than ``steps`` timesteps (network passes) remain.
+    """
     require(1 <= steps <= timesteps,
             f"model.sampler.steps={steps} must be between 1 and model.timesteps={timesteps}.")
-    stride = timesteps // steps
-    return [i * stride for i in range(steps)]
+    require(spacing in SPACINGS,
+            f"model.sampler.spacing={spacing!r} is not one of {', '.join(SPACINGS)}.")
+    if spacing == "uniform":
+        stride = timesteps // steps
+        return [i * stride for i in range(steps)]
+    squares = np.linspace(0, np.sqrt(timesteps * 0.8), steps) ** 2
+    return sorted({int(s) for s in squares})
 
 
 def sample_loop(
     diffusion: Diffusion, denoise: Denoise, noise: Tensor, *, sampler: str = "ancestral",
-    steps: int | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
-    desc: str = "sampling",
+    steps: int | None = None, eta: float = 0.0, spacing: str = "uniform",
+    generator: torch.Generator | None = None, clip: bool = True, desc: str = "sampling",
 ) -> Tensor:
-    """Images from pure noise x_T: ancestral over all T steps, or DDIM over ``steps``.
+    """Images from pure noise x_T: ancestral over all T steps, or ``ddim`` / ``dpm_solver++``
+    over ``steps`` timesteps placed by ``spacing`` (one network pass each). ``clip`` clips
+    x̂₀ to [-1, 1] at every step (the paper's; off only for data outside that range).
 
     The progress bar shows only on a terminal (tqdm's ``disable=None``).
     """
+    require(sampler in SAMPLERS,
+            f"model.sampler.name={sampler!r} is not one of {', '.join(SAMPLERS)}.")
     if sampler == "ancestral":
         sequence = list(range(diffusion.timesteps))
     else:
-        require(sampler == "ddim",
-                f"model.sampler.name={sampler!r} is not one of ancestral, ddim.")
-        sequence = ddim_timesteps(diffusion.timesteps, steps or diffusion.timesteps)
+        sequence = ddim_timesteps(diffusion.timesteps, steps or diffusion.timesteps, spacing)
     x = noise
+    history: tuple[int, Tensor] | None = None
     previous = [-1, *sequence[:-1]]
     for t, t_prev in tqdm(list(zip(sequence, previous, strict=True))[::-1], desc=desc,
                           unit="step", leave=False, disable=None):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         output = denoise(x, t_batch).to(x.dtype)
         if sampler == "ancestral":
-            x = diffusion.ancestral_step(x, t, output, generator)
+            x = diffusion.ancestral_step(x, t, output, generator, clip=clip)
+        elif sampler == "ddim":
+            x = diffusion.ddim_step(x, t, t_prev, output, eta, generator, clip=clip)
         else:
-            x = diffusion.ddim_step(x, t, t_prev, output, eta, generator)
-    return x.clamp(-1, 1)
+            x, history = diffusion.dpm_solver_step(x, t, t_prev, output, history, clip=clip)
+    return x.clamp(-1, 1) if clip else x
 
 
 @dataclass(frozen=True)

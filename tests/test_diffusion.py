@@ -1,4 +1,5 @@
-"""The diffusion process against closed forms: schedules, q, the posterior, DDIM, the bound."""
+"""The diffusion process against closed forms: schedules, q, the posterior, DDIM, DPM-Solver++,
+timestep spacings, the bound."""
 
 from __future__ import annotations
 
@@ -110,7 +111,101 @@ def test_ddim_timesteps_are_evenly_spaced_from_zero() -> None:
         ddim_timesteps(1000, 0)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_quadratic_spacing_gives_the_ddim_papers_timesteps() -> None:
+    """DDIM's code: int(linspace(0, √(0.8 T), S)²), i.e. ⌊0.8 T (k / (S − 1))²⌋ for k < S."""
+    # T = 1000, S = 10: 800 k² / 81 = 0, 9.9, 39.5, 88.9, 158.0, 246.9, 355.6, 483.95, 632.1, 800
+    assert ddim_timesteps(1000, 10, "quadratic") == [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
+    assert ddim_timesteps(100, 5, "quadratic") == [0, 5, 20, 45, 80]  # 80 k² / 16
+    # S = 100: 800 k² / 99² = 0, .08, .33, .73, 1.3, 2.04, 2.9, 3.9996, 5.2, 6.6, 8.2: the
+    # repeated 0s and 2s (identity steps in DDIM's code) are dropped.
+    many = ddim_timesteps(1000, 100, "quadratic")
+    assert many[:7] == [0, 1, 2, 3, 5, 6, 8] and many[-1] == 800
+    assert len(many) == len(set(many)) < 100 and many == sorted(many)
+    # uniform stays DDIM's 0, k, 2k, … (what checkpoints sampled with before spacing existed)
+    assert ddim_timesteps(1000, 10, "uniform") == ddim_timesteps(1000, 10) == list(
+        range(0, 1000, 100))
+    with pytest.raises(GentrainError, match="model.sampler.spacing"):
+        ddim_timesteps(1000, 10, "cubic")
+
+
+def _toy_network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A fixed non-linear 'ε-network' whose x̂₀ leaves [-1, 1] (so clipping matters)."""
+    return torch.tanh(1.5 * x + t.view(-1, 1, 1, 1).to(x.dtype) / 500) * 1.2
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
+def test_dpm_solver_first_order_is_ddim_with_eta_zero_step_for_step(spacing: str) -> None:
+    diffusion = Diffusion(make_betas("linear", 1000))
+    sequence = ddim_timesteps(1000, 12, spacing)
+    generator = torch.Generator().manual_seed(0)
+    x_ddim = x_dpm = torch.randn(3, 2, 4, 4, dtype=DTYPE, generator=generator)
+    for t, t_prev in reversed(list(zip(sequence, [-1, *sequence[:-1]], strict=True))):
+        t_batch = torch.full((3,), t)
+        # From the same point: the two steps agree.
+        output = _toy_network(x_ddim, t_batch)
+        step_ddim = diffusion.ddim_step(x_ddim, t, t_prev, output, eta=0.0)
+        step_dpm, (seen, x0) = diffusion.dpm_solver_step(x_ddim, t, t_prev, output, None)
+        torch.testing.assert_close(step_dpm, step_ddim, rtol=1e-6, atol=1e-6)
+        assert seen == t and x0.abs().max() <= 1  # the history holds the clipped x̂₀
+        # Along their own first-order trajectories: the same path to the end.
+        x_dpm, _ = diffusion.dpm_solver_step(x_dpm, t, t_prev, _toy_network(x_dpm, t_batch))
+        x_ddim = step_ddim
+        torch.testing.assert_close(x_dpm, x_ddim, rtol=1e-6, atol=1e-6)
+    # One step is first order in the sampler too: x̂₀ of x_T at the last timestep.
+    noise = torch.randn(3, 2, 4, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    one = {name: sample_loop(diffusion, _toy_network, noise, sampler=name, steps=1)
+           for name in ("ddim", "dpm_solver++")}
+    torch.testing.assert_close(one["dpm_solver++"], one["ddim"], rtol=1e-6, atol=1e-6)
+
+
+def _gaussian_sampling_errors(sampler: str, steps: int, spacing: str, mu: float = 0.3,
+                              s: float = 0.4) -> tuple[float, float]:
+    """|mean − μ| and |variance − s²| of what ``sampler`` draws when the data is N(μ, s²) and
+    the network is the optimal ε-predictor ε*(x_t) = σ_t (x_t − α_t μ) / (α_t² s² + σ_t²).
+
+    Each step is affine in x, so the sampler maps its start x to a x + b: two runs (x = 0, 1)
+    give the exact mean and variance of its output. It starts from the exact marginal at the
+    first timestep it visits, N(α μ, α² s² + σ²), so what is left is the solver's own error.
+    """
+    diffusion = Diffusion(make_betas("linear", 1000))
+    alphas_cumprod = diffusion.alphas_cumprod
+
+    def optimal_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = alphas_cumprod[t].view(-1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s**2 + 1 - a)
+
+    start = torch.tensor([[0.0], [1.0]], dtype=DTYPE)
+    out = sample_loop(diffusion, optimal_eps, start, sampler=sampler, steps=steps,
+                      spacing=spacing, clip=False)
+    b, a = out[0].item(), (out[1] - out[0]).item()
+    first = float(alphas_cumprod[ddim_timesteps(1000, steps, spacing)[-1]])
+    mean = a * math.sqrt(first) * mu + b
+    variance = a**2 * (first * s**2 + 1 - first)
+    return abs(mean - mu), abs(variance - s**2)
+
+
+def test_dpm_solver_2m_beats_ddim_on_gaussian_data_and_both_converge() -> None:
+    errors = {(name, steps, spacing): _gaussian_sampling_errors(name, steps, spacing)
+              for name in ("ddim", "dpm_solver++") for steps in (10, 20, 50, 200)
+              for spacing in ("uniform", "quadratic")}
+    # Both keep the mean exactly (x̂₀ = μ on the mean's path, so every step maps α_t μ to
+    # α_s μ): the solvers differ in the variance.
+    assert max(mean for mean, _ in errors.values()) < 1e-6
+    # 20 steps on the DDIM paper's quadratic spacing: 2M is several times closer
+    # (variance error 0.0075 against DDIM's 0.024).
+    assert errors["dpm_solver++", 20, "quadratic"][1] < errors["ddim", 20, "quadratic"][1] / 2
+    for name in ("ddim", "dpm_solver++"):
+        for spacing in ("uniform", "quadratic"):
+            variance = [errors[name, steps, spacing][1] for steps in (10, 50, 200)]
+            assert variance[0] > variance[1] > variance[2], (name, spacing, variance)
+    # From 50 to 200 steps DDIM's error shrinks about 4x (first order), 2M's at least 10x.
+    for spacing in ("uniform", "quadratic"):
+        ddim = errors["ddim", 50, spacing][1] / errors["ddim", 200, spacing][1]
+        dpm = errors["dpm_solver++", 50, spacing][1] / errors["dpm_solver++", 200, spacing][1]
+        assert 3 < ddim < 5 and dpm > 10, (spacing, ddim, dpm)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm_solver++"])
 def test_sampling_with_a_perfect_x0_predictor_ends_at_x0(sampler: str) -> None:
     """With x₀-prediction that always returns the data point, the last step returns it."""
     diffusion = Diffusion(make_betas("linear", 30), target="x0")
@@ -177,3 +272,6 @@ def test_bad_process_settings_are_clear_errors() -> None:
         Diffusion(make_betas("linear", 10), target="score")
     with pytest.raises(GentrainError, match="model.variance"):
         Diffusion(make_betas("linear", 10), variance="learned")
+    with pytest.raises(GentrainError, match="model.sampler.name"):
+        sample_loop(Diffusion(make_betas("linear", 10)), _toy_network, torch.zeros(1, 1, 2, 2),
+                    sampler="dpm_solver")

@@ -1,5 +1,5 @@
-"""Denoising diffusion probabilistic models (Ho et al. 2020), with DDIM sampling and
-classifier-free guidance.
+"""Denoising diffusion probabilistic models (Ho et al. 2020), with DDIM and DPM-Solver++
+sampling and classifier-free guidance.
 
 The family joins three separate parts: a network (``model.net``, a U-Net by default) that maps
 (x_t, t, label) to its output, the diffusion process of :mod:`gentrain.diffusion` (plain
@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.data.core.batch import Batch, DataSpec
-from gentrain.diffusion import Denoise, Diffusion, sample_loop, variational_bound
+from gentrain.diffusion import (
+    FEW_STEP_SAMPLERS,
+    SAMPLERS,
+    SPACINGS,
+    Denoise,
+    Diffusion,
+    sample_loop,
+    variational_bound,
+)
 from gentrain.errors import GentrainError, require
 from gentrain.likelihoods import bits_per_dim
 from gentrain.models.base import (
@@ -32,12 +40,13 @@ from gentrain.models.base import (
 
 GRID_ROW = 8
 EVAL_SEED = 0  # evaluate() draws from its own generator: reproducible, training RNG untouched
-SAMPLERS = ("ancestral", "ddim")
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How images are drawn: ``ancestral`` over all T steps, or ``ddim`` with ``steps``/``eta``.
+    """How images are drawn: ``ancestral`` over all T steps, or a few-step sampler, ``ddim``
+    (with ``eta``) or ``dpm_solver++`` (2M), at ``steps`` timesteps placed by ``spacing``
+    (``uniform`` or DDIM's ``quadratic``).
 
     ``guidance`` w combines the conditional and unconditional outputs as
     ε̃ = ε_u + w (ε_c − ε_u): 1 is plain conditional sampling, 0 unconditional, > 1 guided.
@@ -47,22 +56,26 @@ class SamplerConfig:
     steps: int = 50
     eta: float = 0.0
     guidance: float = 1.0
+    spacing: str = "uniform"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], key: str) -> SamplerConfig:
-        unknown = sorted(set(values) - {"name", "steps", "eta", "guidance"})
+        keys = ("name", "steps", "eta", "guidance", "spacing")
+        unknown = sorted(set(values) - set(keys))
         require(not unknown, f"Unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; "
-                f"{key} takes name, steps, eta and guidance.")
+                f"{key} takes {', '.join(keys)}.")
         config = cls(**values)
         require(config.name in SAMPLERS,
                 f"{key}.name={config.name!r} is not one of {', '.join(SAMPLERS)}.")
         require(config.steps >= 1, f"{key}.steps must be at least 1, not {config.steps}.")
         require(config.eta >= 0, f"{key}.eta must be >= 0 (0: deterministic DDIM).")
+        require(config.spacing in SPACINGS,
+                f"{key}.spacing={config.spacing!r} is not one of {', '.join(SPACINGS)}.")
         return config
 
 
 class DDPM(GenerativeModel):
-    """A diffusion model trained on L_simple, sampled ancestrally or with DDIM."""
+    """A diffusion model trained on L_simple, sampled ancestrally, with DDIM or DPM-Solver++."""
 
     family = "ddpm"
     monitor = "bits_per_dim"
@@ -108,7 +121,7 @@ class DDPM(GenerativeModel):
             require(config.guidance == 1.0 or conditional,
                     f"{key}.guidance={config.guidance} needs a conditional model "
                     "(model.conditional=true); unconditional models sample with guidance 1.")
-            require(config.name != "ddim" or config.steps <= timesteps,
+            require(config.name not in FEW_STEP_SAMPLERS or config.steps <= timesteps,
                     f"{key}.steps={config.steps} is more than model.timesteps={timesteps}.")
         self.vb_timesteps = vb_timesteps
         try:
@@ -178,8 +191,8 @@ class DDPM(GenerativeModel):
         noise = torch.randn(shape, generator=generator, device=device)
         return sample_loop(
             self.diffusion, self.denoiser(label, sampler.guidance), noise,
-            sampler=sampler.name, steps=sampler.steps, eta=sampler.eta, generator=generator,
-            desc=f"{sampler.name} sampling",
+            sampler=sampler.name, steps=sampler.steps, eta=sampler.eta, spacing=sampler.spacing,
+            generator=generator, desc=f"{sampler.name} sampling",
         )
 
     @torch.no_grad()
