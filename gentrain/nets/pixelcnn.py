@@ -23,11 +23,14 @@ of a linear layer's default init, ±1/sqrt(num_classes).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gentrain.nets.cached_sampling import ConvCache, Pointwise
 
 MaskType = Literal["A", "B"]
 
@@ -77,6 +80,14 @@ class _MaskedConv(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(F.pad(x, self.pad), self.weight * self.mask, self.bias)
 
+    def cache(self, batch: int, width: int, like: Tensor) -> ConvCache:
+        """An input cache for cached sampling (see :mod:`gentrain.nets.cached_sampling`)."""
+        return ConvCache(self.weight * self.mask, self.bias, self.pad, batch, width, like)
+
+    def pointwise(self) -> Pointwise:
+        """This 1x1 conv at one position, for cached sampling."""
+        return Pointwise(self.weight * self.mask, self.bias)
+
 
 class MaskedConv2d(_MaskedConv):
     """A same-size k x k conv that sees only pixels before the centre in raster order.
@@ -107,9 +118,13 @@ class _ClassBias(nn.Module):
         super().__init__()
         self.proj = nn.Linear(num_classes, width, bias=False) if num_classes else None
 
-    def forward(self, onehot: Tensor | None) -> Tensor | float:
+    def forward(self, onehot: Tensor | None, spatial_dims: int = 2) -> Tensor | float:
+        """(B, width) followed by ``spatial_dims`` singleton dimensions, or 0 without labels."""
         # onehot is None exactly when the net is unconditional (checked in forward).
-        return 0.0 if onehot is None else self.proj(onehot)[:, :, None, None]
+        if onehot is None:
+            return 0.0
+        bias = self.proj(onehot)
+        return bias.view(*bias.shape, *(1,) * spatial_dims)
 
 
 class _Head(nn.Module):
@@ -123,6 +138,17 @@ class _Head(nn.Module):
 
     def forward(self, x: Tensor, onehot: Tensor | None) -> Tensor:
         return self.out(F.relu(self.hidden(F.relu(x)) + self.bias(onehot)))
+
+
+class _CachedHead:
+    """:class:`_Head` at one position: (B, width) -> (B, out)."""
+
+    def __init__(self, head: _Head, onehot: Tensor | None) -> None:
+        self.hidden, self.out = head.hidden.pointwise(), head.out.pointwise()
+        self.bias = head.bias(onehot, 0)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.out(F.relu(self.hidden(F.relu(x)) + self.bias))
 
 
 class _AutoregressiveNet(nn.Module):
@@ -171,6 +197,13 @@ class _AutoregressiveNet(nn.Module):
             return None
         return F.one_hot(label.long(), self.num_classes).to(like.dtype)
 
+    def _layout_at(self, out: Tensor, c: int) -> Tensor:
+        """One position's head output (B, out): sub-pixel c's (B, out_per_channel), or the
+        (B, K) mixture maps as they are."""
+        if self.out_per_channel is None:
+            return out
+        return out.view(out.shape[0], self.out_per_channel, self.data_channels)[:, :, c]
+
     def _layout(self, out: Tensor) -> Tensor:
         """(B, C, P, H, W) per sub-pixel, or the (B, K, H, W) maps as they are."""
         if self.out_per_channel is None:
@@ -195,6 +228,38 @@ class _ResidualBlock(nn.Module):
         for conv, bias in zip(self.convs, self.biases, strict=True):
             h = conv(F.relu(h)) + bias(onehot)
         return x + h
+
+
+class _CachedResidualBlock:
+    """:class:`_ResidualBlock` at one position; only its 3x3 conv needs a cache."""
+
+    def __init__(self, block: _ResidualBlock, onehot: Tensor | None, batch: int, width: int,
+                 like: Tensor) -> None:
+        reduce, middle, expand = block.convs
+        self.reduce, self.expand = reduce.pointwise(), expand.pointwise()
+        self.middle = middle.cache(batch, width, like)
+        self.biases = [bias(onehot, 0) for bias in block.biases]
+
+    def at(self, x: Tensor, j: int) -> Tensor:
+        """The block's output (B, 2h) at column j of the current row from its input there."""
+        reduce_bias, middle_bias, expand_bias = self.biases
+        h = self.reduce(F.relu(x)) + reduce_bias
+        self.middle.write(j, F.relu(h))
+        h = self.middle.at(j) + middle_bias
+        return x + (self.expand(F.relu(h)) + expand_bias)
+
+
+@dataclass
+class PixelCNNSampling:
+    """:class:`PixelCNN`'s cached-sampling state: the caller's canvas, the row in progress and
+    each layer's cache."""
+
+    canvas: Tensor
+    first: ConvCache
+    first_bias: Tensor | float
+    blocks: list[_CachedResidualBlock]
+    head: _CachedHead
+    row: int = -1
 
 
 class PixelCNN(_AutoregressiveNet):
@@ -222,6 +287,34 @@ class PixelCNN(_AutoregressiveNet):
         for block in self.blocks:
             h = block(h, onehot)
         return self._layout(self.head(h, onehot))
+
+    def begin_sampling(self, canvas: Tensor, label: Tensor | None = None) -> PixelCNNSampling:
+        """Cached sampling onto ``canvas``; see :mod:`gentrain.nets.cached_sampling`."""
+        onehot = self._onehot(label, canvas)
+        batch, width = canvas.shape[0], canvas.shape[3]
+        return PixelCNNSampling(
+            canvas=canvas, first=self.first.cache(batch, width, canvas),
+            first_bias=self.first_bias(onehot, 0),
+            blocks=[_CachedResidualBlock(block, onehot, batch, width, canvas)
+                    for block in self.blocks],
+            head=_CachedHead(self.head, onehot))
+
+    def step(self, state: PixelCNNSampling, i: int, j: int, c: int) -> Tensor:
+        """``self(canvas, label)`` at (i, j) for sub-pixel c, every layer computed there only.
+        Within a pixel each sub-pixel step recomputes the pixel's whole column (the maps of
+        colours >= c change as colours are drawn; the masks keep the rest exact)."""
+        if i != state.row:
+            if state.row >= 0:  # the row above is complete only now, after its last draw
+                state.first.write_row(state.canvas[:, :, state.row])
+            state.row = i
+            for cache in (state.first, *(block.middle for block in state.blocks)):
+                cache.next_row()
+        # The canvas row as drawn so far: (i, j - 1) got its last colour after its last step.
+        state.first.write_row(state.canvas[:, :, i])
+        h = state.first.at(j) + state.first_bias
+        for block in state.blocks:
+            h = block.at(h, j)
+        return self._layout_at(state.head(h), c)
 
 
 def _down_shift(x: Tensor) -> Tensor:
@@ -275,6 +368,54 @@ class _GatedLayer(nn.Module):
         return _gate(v_pre + self.v_bias(onehot)), h_next, self.skip(gated)
 
 
+class _CachedGatedLayer:
+    """:class:`_GatedLayer` for cached sampling: the vertical stack row by row, once a row of
+    the image is complete, the horizontal stack position by position."""
+
+    def __init__(self, layer: _GatedLayer, onehot: Tensor | None, batch: int, width: int,
+                 like: Tensor) -> None:
+        conv = layer.v_conv
+        self.v = ConvCache(conv.weight, conv.bias, layer.v_pad, batch, width, like)
+        self.v_to_h = layer.v_to_h.weight[..., 0], layer.v_to_h.bias
+        self.h = layer.h_conv.cache(batch, width, like)
+        self.h_out, self.skip = layer.h_out.pointwise(), layer.skip.pointwise()
+        self.v_bias, self.h_bias = layer.v_bias(onehot, 1), layer.h_bias(onehot, 0)
+        self.residual = layer.residual
+        # What the row in progress gets from the vertical stack above it (B, 2h, W): for row
+        # 0 the 1x1 conv of the zero rows the down-shift brings in, its bias.
+        self.from_above = layer.v_to_h.bias.view(1, -1, 1).expand(1, -1, width)
+
+    def vertical(self, v: Tensor) -> Tensor:
+        """Feed the next (complete) row (B, C_in, W) of this layer's vertical input; return
+        its vertical output row, the next layer's input, and keep what the row below gets."""
+        self.v.next_row()
+        self.v.write_row(v)
+        v_pre = self.v.row()
+        self.from_above = F.conv1d(v_pre, *self.v_to_h)
+        return _gate(v_pre + self.v_bias)
+
+    def at(self, h: Tensor, j: int) -> tuple[Tensor, Tensor]:
+        """(horizontal maps, skip maps), each (B, maps), at column j of the current row from
+        the input ``h`` there."""
+        self.h.write(j, h)
+        gated = _gate(self.h.at(j) + self.from_above[:, :, j] + self.h_bias)
+        h_next = self.h_out(gated)
+        if self.residual:
+            h_next = h + h_next
+        return h_next, self.skip(gated)
+
+
+@dataclass
+class GatedPixelCNNSampling:
+    """:class:`GatedPixelCNN`'s cached-sampling state: the caller's canvas, the row in
+    progress and each layer's caches."""
+
+    canvas: Tensor
+    layers: list[_CachedGatedLayer]
+    head: _CachedHead
+    row: int = -1
+
+
 class GatedPixelCNN(_AutoregressiveNet):
     """The gated PixelCNN: ``layers`` gated layers (the first with k x k reach and mask A, the
     rest 3 x 3 and mask B), skips summed into the two 1x1 output layers. Stacks are ``hidden``
@@ -303,3 +444,34 @@ class GatedPixelCNN(_AutoregressiveNet):
             v, h, skip = layer(v, h, onehot)
             skips = skips + skip
         return self._layout(self.head(skips, onehot))
+
+    def begin_sampling(self, canvas: Tensor, label: Tensor | None = None
+                       ) -> GatedPixelCNNSampling:
+        """Cached sampling onto ``canvas``; see :mod:`gentrain.nets.cached_sampling`."""
+        onehot = self._onehot(label, canvas)
+        batch, width = canvas.shape[0], canvas.shape[3]
+        return GatedPixelCNNSampling(
+            canvas=canvas,
+            layers=[_CachedGatedLayer(layer, onehot, batch, width, canvas)
+                    for layer in self.layers],
+            head=_CachedHead(self.head, onehot))
+
+    def step(self, state: GatedPixelCNNSampling, i: int, j: int, c: int) -> Tensor:
+        """``self(canvas, label)`` at (i, j) for sub-pixel c. Entering row i runs the vertical
+        stacks over row i - 1, now complete, once; each step then computes the horizontal
+        stacks and the head at (i, j) only (the whole pixel's column at every sub-pixel)."""
+        if i != state.row:
+            state.row = i
+            if i > 0:
+                v = state.canvas[:, :, i - 1]
+                for layer in state.layers:
+                    v = layer.vertical(v)
+            for layer in state.layers:
+                layer.h.next_row()
+        # The canvas row as drawn so far: (i, j - 1) got its last colour after its last step.
+        state.layers[0].h.write_row(state.canvas[:, :, i])
+        h, skips = state.canvas[:, :, i, j], 0.0
+        for layer in state.layers:
+            h, skip = layer.at(h, j)
+            skips = skips + skip
+        return self._layout_at(state.head(skips), c)
