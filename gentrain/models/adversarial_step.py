@@ -129,6 +129,9 @@ class AdversarialModel(GenerativeModel):
     generator_first: bool = False
     gp_weight: float = 10.0  # λ of the gradient penalty, applied with objective wgan-gp
     r1_weight: float = 0.0  # γ of R1's γ/2·E‖∇D(x_real)‖², on every D when > 0
+    #: What D sees of every image, real or fake, in both phases (DiffAugment, see
+    #: gentrain.augment); None: the images themselves.
+    augment: Callable[[Tensor], Tensor] | None = None
 
     def set_game(self, objective: str, *, critic_steps: int = 1, gp_weight: float = 10.0,
                  r1_weight: float = 0.0) -> None:
@@ -237,11 +240,12 @@ class AdversarialModel(GenerativeModel):
         loss: Tensor | float = 0.0
         for duel in self.duels(batch, fakes, with_real=True):
             assert duel.real is not None, f"duel {duel.critic!r} has no real side"
-            critic = self.network(duel.critic)
-            fake = duel.fake.detach()
+            critic, real, fake = self.network(duel.critic), duel.real, duel.fake.detach()
             if duel.history is not None:
                 fake = duel.history(fake)
-            real_logits, real_extra = _split(duel.judge(critic, duel.real, False))
+            if self.augment is not None:
+                real, fake = self.augment(real), self.augment(fake)
+            real_logits, real_extra = _split(duel.judge(critic, real, False))
             fake_logits, fake_extra = _split(duel.judge(critic, fake, True))
             duel_loss = self.discriminator_scale * discriminator_loss(
                 self.objective, real_logits, fake_logits)
@@ -249,15 +253,17 @@ class AdversarialModel(GenerativeModel):
                       "fake_logit": fake_logits.detach().float().mean()}
             if self.objective == "wgan-gp":
                 values["wasserstein_estimate"] = values["real_logit"] - values["fake_logit"]
-            penalties, values_ = self._penalties(duel, fake)
+            penalties, values_ = self._penalties(duel, real, fake)
             logs.update(_suffixed({**values, **values_}, duel.name))
             loss = loss + duel_loss + penalties
             verdicts.append(Verdict(duel, fake_logits, fake_extra, duel_loss.detach(),
                                     real_logits, real_extra))
         return self._with_terms(loss, logs, self.discriminator_terms(batch, fakes, verdicts))
 
-    def _penalties(self, duel: Duel, fake: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
-        """The gradient penalty (WGAN-GP) and R1 on ``duel``'s D, weighted, with their logs.
+    def _penalties(self, duel: Duel, real: Tensor, fake: Tensor
+                   ) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """The gradient penalty (WGAN-GP) and R1 on ``duel``'s D, weighted, with their logs,
+        at the images D was shown (augmented, if it is).
 
         They call the raw D: DDP does not support autograd.grad through its wrapper, and the
         penalties' parameter gradients still reach the all-reduce of this phase's backward.
@@ -269,13 +275,12 @@ class AdversarialModel(GenerativeModel):
 
         total: Tensor | float = 0.0
         logs: dict[str, Tensor] = {}
-        assert duel.real is not None
         if self.objective == "wgan-gp":
-            penalty = gradient_penalty(logits, duel.real, fake)
+            penalty = gradient_penalty(logits, real, fake)
             logs["gradient_penalty"] = penalty.detach()
             total = total + self.gp_weight * penalty
         if self.r1_weight > 0:
-            r1 = r1_penalty(logits, duel.real)
+            r1 = r1_penalty(logits, real)
             logs["r1_penalty"] = r1.detach()
             total = total + self.r1_weight / 2 * r1
         return total, logs
@@ -286,8 +291,9 @@ class AdversarialModel(GenerativeModel):
         loss: Tensor | float = 0.0
         for duel in self.duels(batch, fakes, with_real=False):
             # The raw D: G's backward needs no all-reduce of D's (frozen) parameters.
+            fake = duel.fake if self.augment is None else self.augment(duel.fake)
             with frozen(getattr(self, duel.critic)) as critic:
-                fake_logits, fake_extra = _split(duel.judge(critic, duel.fake, True))
+                fake_logits, fake_extra = _split(duel.judge(critic, fake, True))
             duel_loss = generator_loss(self.objective, fake_logits)
             loss = loss + duel_loss
             verdicts.append(Verdict(duel, fake_logits, fake_extra, duel_loss.detach()))

@@ -12,10 +12,12 @@ generates its own.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from gentrain.augment import diff_augment
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes, Verdict
@@ -53,10 +55,12 @@ class GAN(AdversarialModel):
         critic_steps: int = 1,
         gp_weight: float = 10.0,
         r1_weight: float = 0.0,
+        diffaugment: Sequence[str] = (),
     ) -> None:
         super().__init__(spec)
         self.set_game(loss, critic_steps=critic_steps, gp_weight=gp_weight, r1_weight=r1_weight)
         require(latent_dim >= 1, f"model.latent_dim must be >= 1, not {latent_dim}.")
+        self.augment = diff_augment(list(diffaugment))
         if d_norm == "auto":  # the ResNet critic has none; DCGAN's is batch, layer for WGAN-GP
             d_norm = "none" if arch == "resnet" else "layer" if loss == "wgan-gp" else "batch"
         require(not (loss == "wgan-gp" and d_norm == "batch"),
