@@ -10,6 +10,7 @@ gentrain.likelihoods'.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,8 +36,11 @@ from gentrain.models.base import (
     sampling_labels,
 )
 from gentrain.nets.pixelcnn import GatedPixelCNN, PixelCNN
+from gentrain.nets.pixelrnn import DiagonalBiLSTM, RowLSTM
 
 ARCHS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN}
+# PixelRNN's nets (model=pixelrnn): the same contract, so the same family code.
+RNN_ARCHS = {"row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM}
 OUTPUTS = ("auto", "softmax", "logistic_mixture", "bernoulli")
 
 
@@ -44,6 +48,8 @@ class PixelCNNModel(GenerativeModel):
     """Trained on the exact NLL; evaluated in bits/dim (and nats, the binarised-MNIST unit)."""
 
     family = "pixelcnn"
+    #: The nets this family's model.arch chooses from.
+    archs: dict[str, type[torch.nn.Module]] = ARCHS
     monitor = "bits_per_dim"
     inference_keys = ("grid_samples",)
 
@@ -61,7 +67,8 @@ class PixelCNNModel(GenerativeModel):
         grid_samples: int = 16,
     ) -> None:
         super().__init__(spec)
-        require(arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}.")
+        require(arch in self.archs,
+                f"model.arch must be one of {', '.join(self.archs)}, got {arch!r}.")
         require(output in OUTPUTS,
                 f"model.output must be one of {', '.join(OUTPUTS)}, got {output!r}.")
         require(hidden >= 1 and layers >= 1 and mixtures >= 1 and grid_samples >= 1,
@@ -84,7 +91,7 @@ class PixelCNNModel(GenerativeModel):
         self.output, self.mixtures, self.conditional = output, mixtures, conditional
         self.grid_samples = grid_samples
         per_channel = {"softmax": 256, "bernoulli": 1, "logistic_mixture": None}[output]
-        self.net = ARCHS[arch](
+        self.net = self.archs[arch](
             data_channels=channels, out_per_channel=per_channel, hidden=hidden, layers=layers,
             kernel_size=kernel_size, num_classes=spec.num_classes if conditional else 0,
             out_channels=mixture_channels(channels, mixtures)
@@ -161,3 +168,17 @@ class PixelCNNModel(GenerativeModel):
         cond = self.condition({k: v[:n] for k, v in batch.items()})
         return {"samples": Grid(self.sample(n, cond, generator),
                                 nrow=max(1, int(math.sqrt(n))))}
+
+
+class PixelRNNModel(PixelCNNModel):
+    """PixelRNN (van den Oord, Kalchbrenner, Kavukcuoglu 2016): the pixelcnn family with
+    recurrent nets (Row LSTM, Diagonal BiLSTM; gentrain.nets.pixelrnn). Its own family name,
+    so checkpoints, summaries and messages say pixelrnn; likelihoods, outputs, conditioning,
+    evaluation and sampling are PixelCNNModel's."""
+
+    family = "pixelrnn"
+    archs = RNN_ARCHS
+
+    def __init__(self, spec: DataSpec, *, arch: str = "diagonal_bilstm", **kwargs: Any
+                 ) -> None:
+        super().__init__(spec, arch=arch, **kwargs)
