@@ -35,6 +35,7 @@ from gentrain.models.base import (
     require_class_labels,
     sampling_labels,
 )
+from gentrain.nets.cached_sampling import CachedSampling
 from gentrain.nets.pixelcnn import GatedPixelCNN, PixelCNN
 from gentrain.nets.pixelrnn import DiagonalBiLSTM, RowLSTM
 
@@ -42,6 +43,7 @@ ARCHS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN}
 # PixelRNN's nets (model=pixelrnn): the same contract, so the same family code.
 RNN_ARCHS = {"row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM}
 OUTPUTS = ("auto", "softmax", "logistic_mixture", "bernoulli")
+SAMPLERS = ("cached", "naive")
 
 
 class PixelCNNModel(GenerativeModel):
@@ -51,7 +53,7 @@ class PixelCNNModel(GenerativeModel):
     #: The nets this family's model.arch chooses from.
     archs: dict[str, type[torch.nn.Module]] = ARCHS
     monitor = "bits_per_dim"
-    inference_keys = ("grid_samples",)
+    inference_keys = ("grid_samples", "sampler")
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class PixelCNNModel(GenerativeModel):
         kernel_size: int = 7,
         conditional: bool = False,
         grid_samples: int = 16,
+        sampler: str = "cached",
     ) -> None:
         super().__init__(spec)
         require(arch in self.archs,
@@ -74,6 +77,8 @@ class PixelCNNModel(GenerativeModel):
         require(hidden >= 1 and layers >= 1 and mixtures >= 1 and grid_samples >= 1,
                 "model.hidden, model.layers, model.mixtures and model.grid_samples must be >= 1.")
         require(kernel_size % 2 == 1, f"model.kernel_size must be odd, got {kernel_size}.")
+        require(sampler in SAMPLERS,
+                f"model.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}.")
         if output == "auto":
             output = "bernoulli" if spec.values == "binary" else "softmax"
         require(
@@ -89,7 +94,7 @@ class PixelCNNModel(GenerativeModel):
                 f"model.hidden={hidden} must be divisible by the {channels} image channels, so "
                 "the feature maps split into one group per colour (R, G, B).")
         self.output, self.mixtures, self.conditional = output, mixtures, conditional
-        self.grid_samples = grid_samples
+        self.grid_samples, self.sampler = grid_samples, sampler
         per_channel = {"softmax": 256, "bernoulli": 1, "logistic_mixture": None}[output]
         self.net = self.archs[arch](
             data_channels=channels, out_per_channel=per_channel, hidden=hidden, layers=layers,
@@ -135,24 +140,40 @@ class PixelCNNModel(GenerativeModel):
     def sample(self, n: int, cond: Batch | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """Pixel by pixel in raster order (and channel by channel for per-sub-pixel outputs),
-        one network pass each, for the whole batch at once."""
-        device = next(self.parameters()).device
+        for the whole batch at once. ``model.sampler=cached`` computes every layer at the new
+        position only, from cached activations (about one network pass per image);
+        ``naive`` reruns the whole network for every draw (the reference: the same
+        distributions drawn in the same order, so the same images from the same generator)."""
+        param = next(self.parameters())
         c, h, w = self.spec.channels, self.spec.height, self.spec.width
-        label = self._label(cond, n, device)
-        x = torch.zeros(n, c, h, w, device=device)
-        per_channel = self.output != "logistic_mixture"
-        for i in tqdm(range(h), desc="pixelcnn sampling", unit="row", leave=False,
-                      disable=h * w * (c if per_channel else 1) < 1024):
-            for j in range(w):
-                if not per_channel:
-                    params = self.net(x, label)[:, :, i : i + 1, j : j + 1]
-                    x[:, :, i, j] = sample_logistic_mixture(
-                        params, c, self.mixtures, generator)[:, :, 0, 0]
-                    continue
-                for channel in range(c):
-                    out = self.net(x, label)[:, channel, :, i, j]
-                    x[:, channel, i, j] = self._draw(out, generator)
+        x = torch.zeros(n, c, h, w, device=param.device, dtype=param.dtype)
+        self.fill(x, self._label(cond, n, param.device), generator)
         return x
+
+    @torch.no_grad()
+    def fill(self, x: Tensor, label: Tensor | None, generator: torch.Generator | None,
+             draws: int | None = None) -> None:
+        """Draw the all-zero canvas ``x`` (B, C, H, W) in place; ``draws`` stops after that
+        many (scripts/bench.py times the naive sampler's first draws). A net without a cached
+        step (:class:`~gentrain.nets.cached_sampling.CachedSampling`) samples naively."""
+        c, h, w = x.shape[1:]
+        per_channel = self.output != "logistic_mixture"
+        steps = c if per_channel else 1
+        state = (self.net.begin_sampling(x, label)
+                 if self.sampler == "cached" and isinstance(self.net, CachedSampling) else None)
+        order = [(i, j, channel) for i in range(h) for j in range(w) for channel in range(steps)]
+        for i, j, channel in tqdm(order[:draws], desc="pixelcnn sampling", unit="draw",
+                                  leave=False, disable=len(order[:draws]) < 1024):
+            if state is not None:
+                out = self.net.step(state, i, j, channel)
+            else:
+                full = self.net(x, label)
+                out = full[:, channel, :, i, j] if per_channel else full[:, :, i, j]
+            if per_channel:
+                x[:, channel, i, j] = self._draw(out, generator)
+            else:
+                x[:, :, i, j] = sample_logistic_mixture(
+                    out[:, :, None, None], c, self.mixtures, generator)[:, :, 0, 0]
 
     def _draw(self, out: Tensor, generator: torch.Generator | None) -> Tensor:
         """One sub-pixel from its output: a level of the softmax, or a binary pixel."""
