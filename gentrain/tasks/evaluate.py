@@ -2,18 +2,24 @@
 
 Per-example metrics (ELBO and importance-sampled NLL, bits/dim, L1/PSNR/SSIM) average over
 ``eval.split``; sample-quality metrics (FID/KID/IS) compare generated images with
-``eval.reference_split`` and carry the protocol that produced them.
+``eval.reference_split`` and carry the protocol that produced them. ``eval.samplers`` scores
+the sample quality once per sampler (DDPM: ``[ddim:20,dpm_solver++:20:quadratic]``), each row
+the ``model.sampler.*`` call-time keys applied on top of the command line's.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gentrain.data import build_data
 from gentrain.engine import checkpoint as ckpt
@@ -21,11 +27,15 @@ from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.evaluation import evaluate_model
 from gentrain.errors import GentrainError
 from gentrain.files import atomic_write
+from gentrain.models.base import GenerativeModel
 from gentrain.sample_quality.evaluate import build_sample_quality, settings_from_config
 from gentrain.sweeps.summary import format_table
 from gentrain.tasks.setup import model_from_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: The parts of an ``eval.samplers`` entry ``name[:steps[:spacing]]``: ``model.sampler`` keys.
+SAMPLER_ROW_KEYS = ("name", "steps", "spacing")
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -45,16 +55,27 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     # Built first: missing Inception weights stop the task before any costly evaluation.
     settings = settings_from_config(cfg.eval, model.sample_quality_metrics)
     quality = settings and build_sample_quality(settings, data, data_cfg, device, cfg.seed)
+    # Every row's model is built (on the CPU) before anything is scored: a bad row stops here.
+    rows = sampler_models(cfg, overrides, model, bool(quality))
     metrics: dict[str, float] = {}
     if cfg.eval.per_example:
         metrics.update(evaluate_model(model, data, split=cfg.eval.split, device=device,
                                       limit=cfg.eval.limit, progress=True))
     protocol = None
-    if quality:
-        values, protocol = quality(model, progress=True,
-                                   autocast=autocast_factory(device, str(cfg.trainer.precision)))
+    autocast = autocast_factory(device, str(cfg.trainer.precision))
+    per_sampler: dict[str, dict[str, Any]] = {}
+    if quality and rows is None:
+        values, protocol = quality(model, progress=True, autocast=autocast)
         metrics.update(values)
-    if not metrics:
+    for label, row_model in rows or {}:
+        log.info("Sample quality with the sampler %s.", label)
+        row_model.to(device)
+        start = time.perf_counter()
+        values, protocol = quality(row_model, progress=True, autocast=autocast)
+        per_sampler[label] = {"sampler": _sampler_settings(row_model), "metrics": values,
+                              "seconds": round(time.perf_counter() - start, 3)}
+        row_model.cpu()
+    if not metrics and not per_sampler:
         raise GentrainError(
             f"Nothing to evaluate: the {model.family} family has no per-example metrics and no "
             "sample-quality metric was asked for. Set eval.sample_quality=[fid] (and "
@@ -64,9 +85,93 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     result = {"checkpoint": str(checkpoint), "step": int(state["step"]),
               "family": model.family, "split": cfg.eval.split, "limit": cfg.eval.limit,
               "metrics": metrics, "sample_quality_protocol": protocol}
+    if rows is not None:
+        result["samplers"] = per_sampler  # the protocol above holds for every row
     text = json.dumps(result, indent=2) + "\n"
     for path in (checkpoint.parent / "eval.json", run_dir / "eval.json"):
         atomic_write(path, lambda tmp: tmp.write_text(text))  # noqa: B023 (called at once)
-    print(format_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in metrics.items()]))
+    if metrics:
+        print(format_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in metrics.items()]))
+    if per_sampler:
+        print(sampler_table(per_sampler))
     print(f"Written to {checkpoint.parent / 'eval.json'}")
     return result
+
+
+def sampler_rows(entries: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``eval.samplers`` entries ``name[:steps[:spacing]]`` as (label, ``model.sampler`` keys);
+    a part left out keeps the command line's (or the checkpoint's) value."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for entry in entries:
+        label = str(entry)
+        parts = label.split(":")
+        if not 1 <= len(parts) <= len(SAMPLER_ROW_KEYS) or not all(parts):
+            raise GentrainError(
+                f"eval.samplers entry {label!r} is not name[:steps[:spacing]], e.g. ddim:20 "
+                "or dpm_solver++:20:quadratic.")
+        keys: dict[str, Any] = dict(zip(SAMPLER_ROW_KEYS, parts, strict=False))
+        if "steps" in keys:
+            if not keys["steps"].isdigit():
+                raise GentrainError(
+                    f"eval.samplers entry {label!r}: the steps {keys['steps']!r} are not a "
+                    "whole number (name[:steps[:spacing]]).")
+            keys["steps"] = int(keys["steps"])
+        if label in (seen for seen, _ in rows):
+            raise GentrainError(f"eval.samplers names {label!r} twice.")
+        rows.append((label, keys))
+    return rows
+
+
+def sampler_models(cfg: DictConfig, overrides: Sequence[str], model: GenerativeModel,
+                   scored: bool) -> list[tuple[str, GenerativeModel]] | None:
+    """The checkpoint's model once per ``eval.samplers`` row (None without the key), on the
+    CPU: each row's keys go through the same call-time path as ``model.sampler.*`` on the
+    command line, so the family checks them as it checks those."""
+    entries = cfg.eval.get("samplers")
+    if entries is None:
+        return None
+    if isinstance(entries, str) or not OmegaConf.is_list(entries) or not entries:
+        raise GentrainError(
+            f"eval.samplers={entries} must be a non-empty list such as "
+            "[ddim:20,dpm_solver++:20,ancestral] (or null: the model's own sampler).")
+    if "sampler" not in model.inference_keys:
+        raise GentrainError(
+            f"eval.samplers compares samplers, but the {model.family} family has no "
+            "model.sampler call-time keys (ddpm has); drop eval.samplers.")
+    if not scored:
+        raise GentrainError(
+            "eval.samplers scores each sampler's sample quality, but no sample-quality metric "
+            "is asked for: set eval.sample_quality (e.g. auto) or drop eval.samplers.")
+    models = []
+    for label, keys in sampler_rows(list(entries)):
+        row_cfg = copy.deepcopy(cfg)
+        row_overrides = list(overrides)
+        with open_dict(row_cfg):
+            for key, value in keys.items():
+                OmegaConf.update(row_cfg, f"model.sampler.{key}", value, force_add=True)
+                row_overrides.append(f"model.sampler.{key}={value}")
+        try:
+            row_model, _, _ = model_from_checkpoint(
+                cfg.ckpt, use_ema=True, device=torch.device("cpu"), cfg=row_cfg,
+                overrides=row_overrides)
+        except GentrainError as error:
+            raise GentrainError(f"eval.samplers entry {label!r}: {error}") from None
+        models.append((label, row_model))
+    return models
+
+
+def _sampler_settings(model: GenerativeModel) -> dict[str, Any] | None:
+    """The sampler a row's model drew with, as the family resolved it."""
+    sampler = getattr(model, "sampler", None)
+    if dataclasses.is_dataclass(sampler) and not isinstance(sampler, type):
+        return dataclasses.asdict(sampler)
+    return None
+
+
+def sampler_table(per_sampler: dict[str, dict[str, Any]]) -> str:
+    """One row per sampler, one column per sample-quality number (and the seconds taken)."""
+    names = list(dict.fromkeys(k for row in per_sampler.values() for k in row["metrics"]))
+    rows = [[label, *(f"{row['metrics'][k]:.6g}" if k in row["metrics"] else "-"
+                      for k in names), f"{row['seconds']:.1f}"]
+            for label, row in per_sampler.items()]
+    return format_table(["sampler", *names, "seconds"], rows)
