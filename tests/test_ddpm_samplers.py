@@ -15,6 +15,7 @@ from test_evaluation_tasks import offline_quality
 import gentrain.models.ddpm as ddpm_module
 from gentrain.errors import GentrainError
 from gentrain.models.ddpm import SamplerConfig
+from gentrain.tasks.evaluate import sampler_rows
 from gentrain.tasks.setup import model_from_checkpoint
 
 QUALITY = ["eval/fid", "eval/kid", "eval/kid_std", "eval/is", "eval/is_std"]
@@ -85,6 +86,21 @@ def test_without_eval_samplers_eval_uses_the_models_sampler_and_writes_no_rows(
                       base=DDPM_FAST)
     assert "samplers" not in result and set(QUALITY) <= set(result["metrics"])
     assert [c["sampler"] for c in recorded] == ["ancestral"]  # the checkpoint's model.sampler
+
+
+def test_sampler_rows_spell_model_sampler_overrides() -> None:
+    assert sampler_rows(["ddim:20", "dpm_solver++:20:quadratic", "ancestral"]) == [
+        ("ddim:20", {"model.sampler.name": "ddim", "model.sampler.steps": 20}),
+        ("dpm_solver++:20:quadratic", {"model.sampler.name": "dpm_solver++",
+                                       "model.sampler.steps": 20,
+                                       "model.sampler.spacing": "quadratic"}),
+        ("ancestral", {"model.sampler.name": "ancestral"}),
+    ]
+    # A family whose model.sampler is one value (PixelCNN's cached | naive): entries are it.
+    assert sampler_rows(["cached", "naive"], mapping=False) == [
+        ("cached", {"model.sampler": "cached"}), ("naive", {"model.sampler": "naive"})]
+    with pytest.raises(GentrainError, match="one value"):
+        sampler_rows(["cached:3"], mapping=False)
 
 
 @pytest.mark.parametrize(("entries", "message"), [

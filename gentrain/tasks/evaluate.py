@@ -98,13 +98,25 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     return result
 
 
-def sampler_rows(entries: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``eval.samplers`` entries ``name[:steps[:spacing]]`` as (label, ``model.sampler`` keys);
-    a part left out keeps the command line's (or the checkpoint's) value."""
+def sampler_rows(entries: Sequence[Any], mapping: bool = True
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """``eval.samplers`` entries as (label, {override key: value}).
+
+    Where ``model.sampler`` is a mapping (DDPM) an entry is ``name[:steps[:spacing]]``, its
+    parts ``model.sampler.name`` … (a part left out keeps the command line's or the
+    checkpoint's value); where it is one value (PixelCNN's cached | naive), the entry is it.
+    """
     rows: list[tuple[str, dict[str, Any]]] = []
     for entry in entries:
         label = str(entry)
         parts = label.split(":")
+        if not mapping:
+            if len(parts) != 1:
+                raise GentrainError(
+                    f"eval.samplers entry {label!r}: this family's model.sampler is one value, "
+                    "so each entry is one of its values.")
+            rows.append((label, {"model.sampler": label}))
+            continue
         if not 1 <= len(parts) <= len(SAMPLER_ROW_KEYS) or not all(parts):
             raise GentrainError(
                 f"eval.samplers entry {label!r} is not name[:steps[:spacing]], e.g. ddim:20 "
@@ -116,40 +128,43 @@ def sampler_rows(entries: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
                     f"eval.samplers entry {label!r}: the steps {keys['steps']!r} are not a "
                     "whole number (name[:steps[:spacing]]).")
             keys["steps"] = int(keys["steps"])
-        if label in (seen for seen, _ in rows):
-            raise GentrainError(f"eval.samplers names {label!r} twice.")
-        rows.append((label, keys))
+        rows.append((label, {f"model.sampler.{k}": v for k, v in keys.items()}))
+    labels = [label for label, _ in rows]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise GentrainError(f"eval.samplers names {', '.join(twice)} twice.")
     return rows
 
 
 def sampler_models(cfg: DictConfig, overrides: Sequence[str], model: GenerativeModel,
                    scored: bool) -> list[tuple[str, GenerativeModel]] | None:
     """The checkpoint's model once per ``eval.samplers`` row (None without the key), on the
-    CPU: each row's keys go through the same call-time path as ``model.sampler.*`` on the
+    CPU: each row's keys go through the same call-time path as ``model.sampler...`` on the
     command line, so the family checks them as it checks those."""
     entries = cfg.eval.get("samplers")
     if entries is None:
         return None
-    if isinstance(entries, str) or not OmegaConf.is_list(entries) or not entries:
+    if not OmegaConf.is_list(entries) or not entries:
         raise GentrainError(
             f"eval.samplers={entries} must be a non-empty list such as "
             "[ddim:20,dpm_solver++:20,ancestral] (or null: the model's own sampler).")
     if "sampler" not in model.inference_keys:
         raise GentrainError(
             f"eval.samplers compares samplers, but the {model.family} family has no "
-            "model.sampler call-time keys (ddpm has); drop eval.samplers.")
+            "model.sampler call-time key (ddpm has); drop eval.samplers.")
     if not scored:
         raise GentrainError(
             "eval.samplers scores each sampler's sample quality, but no sample-quality metric "
             "is asked for: set eval.sample_quality (e.g. auto) or drop eval.samplers.")
+    mapping = OmegaConf.is_dict(cfg.model.get("sampler"))
     models = []
-    for label, keys in sampler_rows(list(entries)):
+    for label, keys in sampler_rows(list(entries), mapping):
         row_cfg = copy.deepcopy(cfg)
         row_overrides = list(overrides)
         with open_dict(row_cfg):
             for key, value in keys.items():
-                OmegaConf.update(row_cfg, f"model.sampler.{key}", value, force_add=True)
-                row_overrides.append(f"model.sampler.{key}={value}")
+                OmegaConf.update(row_cfg, key, value, force_add=True)
+                row_overrides.append(f"{key}={value}")
         try:
             row_model, _, _ = model_from_checkpoint(
                 cfg.ckpt, use_ema=True, device=torch.device("cpu"), cfg=row_cfg,
@@ -160,12 +175,12 @@ def sampler_models(cfg: DictConfig, overrides: Sequence[str], model: GenerativeM
     return models
 
 
-def _sampler_settings(model: GenerativeModel) -> dict[str, Any] | None:
-    """The sampler a row's model drew with, as the family resolved it."""
+def _sampler_settings(model: GenerativeModel) -> Any:
+    """The sampler a row's model drew with, as the family resolved it (None: not readable)."""
     sampler = getattr(model, "sampler", None)
     if dataclasses.is_dataclass(sampler) and not isinstance(sampler, type):
         return dataclasses.asdict(sampler)
-    return None
+    return sampler if isinstance(sampler, str | int | float) else None
 
 
 def sampler_table(per_sampler: dict[str, dict[str, Any]]) -> str:
