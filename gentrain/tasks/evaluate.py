@@ -93,7 +93,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     if metrics:
         print(format_table(["metric", "value"], [[k, f"{v:.6g}"] for k, v in metrics.items()]))
     if per_sampler:
-        print(sampler_table(per_sampler))
+        print(("\n" if metrics else "") + sampler_table(per_sampler))
     print(f"Written to {checkpoint.parent / 'eval.json'}")
     return result
 
