@@ -5,6 +5,7 @@
     python scripts/bench.py --family ddpm model/net=small --batch-size 32 --sample 32
     python scripts/bench.py --loaders            # images/s of each data loader
     python scripts/bench.py --loaders --data-root ~/data   # ... reading the real files there
+    python scripts/bench.py --pixelcnn-sampling --threads 1  # naive vs cached PixelCNN sampling
 
 Loader rows read fixture-format files written to a temp dir (every real on-disk format, a few
 hundred images each) unless --data-root names the real datasets' data.root.
@@ -15,6 +16,13 @@ Bare row: the same model, data stream and optimizer in a plain forward/backward/
 The ratio between them is the trainer's overhead. GFLOP/s rows multiply each rate by the
 network's forward+backward FLOPs per image, counted with torch.utils.flop_counter.
 ``--sample N``: images/s of the family's sampler (``model.sampler``) drawing N at once.
+
+PixelCNN sampling rows (``--pixelcnn-sampling``): seconds to draw one batch with
+``model.sampler=naive`` (the whole net rerun for every draw) and ``cached`` (every layer at
+the new position only), for the ``pixelcnn_shapes`` demo's gated net with a softmax output at
+28x28 grey and 32x32 RGB. Every naive draw is one full pass over the same canvas, so naive
+times its first ``--naive-draws`` draws and extrapolates to the whole image (it says so);
+cached draws whole batches.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from omegaconf import OmegaConf
 import gentrain.cli  # noqa: F401  (registers resolvers)
 from gentrain.cli import run
 from gentrain.data import build_data
+from gentrain.data.core.batch import DataSpec
 from gentrain.data.core.seeding import derive_seed
 from gentrain.engine.device import autocast_factory, resolve_device
 from gentrain.engine.optim import build_optimizer
@@ -204,6 +213,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="--loaders: batches per loader (fewer if --seconds run out)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="--loaders: at most this long measuring each loader")
+    parser.add_argument("--pixelcnn-sampling", action="store_true",
+                        help="time naive vs cached PixelCNN sampling instead")
+    parser.add_argument("--naive-draws", type=int, default=16,
+                        help="--pixelcnn-sampling: naive draws timed per row (extrapolated)")
+    parser.add_argument("--sample-batches", type=int, nargs="+", default=[1, 16, 64],
+                        dest="sampling_batches", metavar="B",
+                        help="--pixelcnn-sampling: batch sizes")
     parser.add_argument("override", nargs="*", help="extra config overrides (key=value)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -214,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
           f"threads {torch.get_num_threads()}")
     if args.loaders:
         bench_loaders(args)
+        return
+    if args.pixelcnn_sampling:
+        bench_pixelcnn_sampling(args)
         return
     overrides = [f"model={args.family}", f"data={args.data}", f"trainer.device={args.device}",
                  f"data.batch_size={args.batch_size}", *args.override]
@@ -231,6 +250,61 @@ def main(argv: list[str] | None = None) -> None:
     if args.sample:
         rate = sampling_images_per_sec(overrides, args.sample)
         print(f"  sampling {rate:10.2f} images/s ({args.sample} at once, model.sampler)")
+
+
+# (name, channels, side) of the PixelCNN sampling rows.
+PIXELCNN_SAMPLING_SHAPES = [("28x28 grey", 1, 28), ("32x32 rgb", 3, 32)]
+
+
+def pixelcnn_sampling_seconds(model, spec: DataSpec, batch: int, device: torch.device,
+                              autocast, naive_draws: int) -> tuple[float, float, bool]:  # noqa: ANN001
+    """Seconds per batch: (naive, cached, whether naive was extrapolated). Each sampler runs
+    one warm-up draw first; naive then times ``naive_draws`` draws and scales them to the
+    image's draws (every naive draw is the same full pass), cached draws a whole batch."""
+    draws = spec.height * spec.width * (1 if model.output == "logistic_mixture" else
+                                         spec.channels)
+    seconds = {}
+    for sampler, timed in (("naive", min(naive_draws, draws)), ("cached", draws)):
+        model.sampler = sampler
+        generator = torch.Generator(device=device).manual_seed(0)
+        canvas = torch.zeros(batch, spec.channels, spec.height, spec.width, device=device)
+        with autocast():
+            model.fill(canvas.clone(), None, generator, draws=1)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.fill(canvas, None, generator, draws=timed)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        seconds[sampler] = (time.perf_counter() - start) * draws / timed
+    return seconds["naive"], seconds["cached"], naive_draws < draws
+
+
+def bench_pixelcnn_sampling(args: argparse.Namespace) -> None:
+    """Naive vs cached sampling of the pixelcnn_shapes demo's gated net (the recipe's sizes,
+    softmax output, random weights: the cost does not depend on them)."""
+    cfg = compose_config(["model=pixelcnn", "data=shapes", f"trainer.device={args.device}",
+                          "model.output=softmax", *args.override])
+    device = resolve_device(cfg.trainer.device)
+    autocast = autocast_factory(device, str(cfg.trainer.precision))
+    m = cfg.model
+    print(f"pixelcnn_shapes net: arch={m.arch} hidden={m.hidden} layers={m.layers} "
+          f"kernel_size={m.kernel_size} output={m.output}, precision {cfg.trainer.precision}; "
+          f"seconds to draw one batch; naive extrapolated from its first {args.naive_draws} "
+          "draws where marked *")
+    print(f"{'image':<11} {'batch':>5} {'draws':>5} {'naive s':>10} {'cached s':>9} "
+          f"{'speed-up':>8} {'cached img/s':>12}")
+    for name, channels, side in PIXELCNN_SAMPLING_SHAPES:
+        spec = DataSpec(name="bench", channels=channels, height=side, width=side)
+        torch.manual_seed(0)
+        model = build_model(m, spec).to(device).eval()
+        draws = side * side * channels
+        for batch in args.sampling_batches:
+            naive, cached, extrapolated = pixelcnn_sampling_seconds(
+                model, spec, batch, device, autocast, args.naive_draws)
+            mark = "*" if extrapolated else " "
+            print(f"{name:<11} {batch:>5} {draws:>5} {naive:9.1f}{mark} {cached:9.2f} "
+                  f"{naive / cached:7.0f}x {batch / cached:12.2f}", flush=True)
 
 
 def bench_loaders(args: argparse.Namespace) -> None:
