@@ -93,3 +93,27 @@ def test_pixelcnn_resume_is_bitwise_identical(tmp_path: Path,
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_sampler_is_a_call_time_key_and_both_draw_the_same_samples(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.sampler=naive overrides a checkpoint trained with the default (cached) at
+    task=sample, and from the same sample.seed both samplers write the same images."""
+    used: list[tuple[str, torch.Tensor]] = []
+    original = PixelCNNModel.sample
+
+    def recording(self: PixelCNNModel, *args: Any, **kwargs: Any) -> torch.Tensor:
+        images = original(self, *args, **kwargs)
+        used.append((self.sampler, images.clone()))
+        return images
+
+    pixelcnn_task(tmp_path / "run", ["trainer.max_steps=1", "model.output=softmax"])
+    monkeypatch.setattr(PixelCNNModel, "sample", recording)
+    for sampler in ("cached", "naive"):
+        pixelcnn_task(tmp_path / sampler, ["task=sample", f"ckpt={tmp_path / 'run'}",
+                                           "sample.num=3", f"model.sampler={sampler}"])
+    assert [name for name, _ in used] == ["cached", "naive"]
+    assert torch.equal(used[0][1], used[1][1])
+    with pytest.raises(GentrainError, match="model.sampler must be one of cached, naive"):
+        pixelcnn_task(tmp_path / "bad", ["task=sample", f"ckpt={tmp_path / 'run'}",
+                                         "model.sampler=fast"])
