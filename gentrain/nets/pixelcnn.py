@@ -16,6 +16,12 @@ belongs to colour ``k % C``. Interleaving rather than contiguous blocks keeps th
 of a gated layer's 2p maps (tanh and sigmoid parts) colour-aligned whenever p is a multiple
 of C, so the gate multiplies maps of the same colour. The mixture layout uses one group.
 
+Sampling: both nets also offer ``begin_sampling(canvas, label)`` and ``step(state, i, j, c)``
+(:mod:`gentrain.nets.cached_sampling`), which compute every layer at the new position only,
+from cached inputs, and equal ``forward`` there. Each module has a small cached twin
+(``_CachedHead``, ``_CachedResidualBlock``, ``_CachedGatedLayer``) holding its weights (masks
+applied once) and caches.
+
 Initialisation: PyTorch's defaults everywhere (the papers give none worth matching); the
 class bias V·h is a bias-free ``nn.Linear`` of the one-hot label, so it starts at the scale
 of a linear layer's default init, ±1/sqrt(num_classes).
