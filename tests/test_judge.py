@@ -174,12 +174,27 @@ def test_real_held_out_images_score_as_real(quality: DomainQuality) -> None:
     for name in ("precision_domain", "recall_domain"):  # as held-out real images score
         assert values[f"eval/{name}"] == pytest.approx(values[f"eval/{name}_real"], abs=0.1)
     assert values["eval/fd_domain"] < 3 * values["eval/fd_domain_real"] + 1e-3
+    assert values["eval/border_w1"] < 0.02 and values["eval/border_w1_real"] < 0.02
     assert protocol["accuracy"] == quality.judge.info.accuracy
     assert protocol["num_generated"] == 300 and protocol["reference"]["split"] == "train"
     assert protocol["comparable_to_published"] is False
     # real images of the requested class agree as often as the judge is right
     assert values["eval/consistency_domain"] == pytest.approx(quality.judge.info.accuracy,
                                                               abs=0.05)
+
+
+def test_real_shapes_on_bright_grounds_are_caught_by_the_border_brightness(
+    quality: DomainQuality
+) -> None:
+    """The shapes' grounds are dark (value 0.05-0.3); the same images with every dark pixel
+    lifted to a bright grey score a border brightness far from the data's."""
+    images, labels = real_test_images(quality)
+    ground = images.amax(dim=1, keepdim=True) < -0.3  # value below 0.35
+    bright = torch.where(ground, torch.full_like(images, 0.6), images)  # value 0.8
+    values, _ = quality(Drawn(quality.data.spec, replay_of(bright, labels)))
+    assert values["eval/border_brightness"] == pytest.approx(0.8, abs=0.01)
+    assert values["eval/border_brightness_real"] < 0.35
+    assert values["eval/border_w1"] > 0.5 > 10 * values["eval/border_w1_real"]
 
 
 class Unconditional(Drawn):

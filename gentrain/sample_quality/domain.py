@@ -37,6 +37,7 @@ from gentrain.sample_quality.judge import (
     judge_data_config,
     obtain_judge,
 )
+from gentrain.sample_quality.pixels import border_brightness, wasserstein_1d
 from gentrain.sample_quality.statistics import (
     frechet_distance,
     gather_all_rows,
@@ -58,6 +59,7 @@ class Judged:
     wanted: list[Tensor] = field(default_factory=list)  # requested class / attributes
     content: list[Tensor] = field(default_factory=list)  # class judge: [input, output] classes
     codes: list[Tensor] = field(default_factory=list)  # the sampler's discrete code
+    border: list[Tensor] = field(default_factory=list)  # each image's border brightness
 
     translator: bool = False  # the model's condition holds an image
 
@@ -110,13 +112,15 @@ class DomainQuality:
                                          world_size=world_size, limit=REFERENCE_LIMIT)
         for batch in tqdm(batches, desc=f"judging {split} images", unit="batch", leave=False,
                           disable=not progress):
-            out = self.judge(to_uint8_rgb(batch[key]))
+            pixels = to_uint8_rgb(batch[key])
+            out = self.judge(pixels)
             judged.pool.append(out["pool"])
             judged.logits.append(out["logits"])
+            judged.border.append(border_brightness(pixels))
             if "label" in batch and key == "image":
                 judged.wanted.append(batch["label"])
-        result = {"pool": judged.gathered("pool", self.device),
-                  "logits": judged.gathered("logits", self.device)}
+        result = {name: judged.gathered(name, self.device)
+                  for name in ("pool", "logits", "border")}
         labels = judged.gathered("wanted", self.device)
         if labels is not None:
             result["labels"] = labels
@@ -174,9 +178,11 @@ class DomainQuality:
             judged.translator = cond is not None and ("image" in cond or "source" in cond)
             with autocast():
                 images, codes = model.sample_with_codes(n, cond, generator)
-            out = self.judge(to_uint8_rgb(images.float()))
+            pixels = to_uint8_rgb(images.float())
+            out = self.judge(pixels)
             judged.pool.append(out["pool"])
             judged.logits.append(out["logits"])
+            judged.border.append(border_brightness(pixels))
             if codes is not None:
                 judged.codes.append(codes)
             if cond is not None and "label" in cond:
@@ -197,7 +203,7 @@ class DomainQuality:
         bar.close()
         model.train(was_training)
         result = {name: judged.gathered(name, self.device)
-                  for name in ("pool", "logits", "wanted", "content", "codes")}
+                  for name in ("pool", "logits", "wanted", "content", "codes", "border")}
         kept = {k: v for k, v in result.items() if v is not None}
         kept["translator"] = torch.tensor(judged.translator)
         return kept
@@ -212,9 +218,14 @@ class DomainQuality:
 
     def _distances(self, real: dict[str, Tensor], fake: dict[str, Tensor],
                    heldout: dict[str, Tensor]) -> dict[str, float]:
-        out: dict[str, float] = {}
         count = fake["pool"].shape[0]
         baseline = self._subsample(heldout["pool"], count, "baseline")
+        # Judge-free: how far the samples' border (background) brightness is from the data's.
+        out = {"border_brightness": float(fake["border"].mean()),
+               "border_brightness_real": float(real["border"].mean()),
+               "border_w1": wasserstein_1d(fake["border"], real["border"]),
+               "border_w1_real": wasserstein_1d(
+                   self._subsample(heldout["border"], count, "baseline"), real["border"])}
         if "fd" in self.metrics:
             out["fd_domain"] = fd_of_rows(real["pool"], fake["pool"])
             out["fd_domain_real"] = fd_of_rows(real["pool"], baseline)
