@@ -91,9 +91,10 @@ class _RowLSTMLayer(nn.Module):
         b, _, height, width = pre.shape
         state = cell = pre.new_zeros(b, self.hidden, width)
         rows = []
-        for r in range(height):
-            state, cell = _lstm_update(pre[:, :, r] + self.state_to_state(state), cell,
-                                       self.hidden)
+        # unbind, not pre[:, :, r]: the backward of one unbind is one stack, that of H
+        # slices H image-sized zero tensors.
+        for pre_row in pre.unbind(2):
+            state, cell = _lstm_update(pre_row + self.state_to_state(state), cell, self.hidden)
             rows.append(state)
         return x + self.out(torch.stack(rows, dim=2))
 
@@ -154,11 +155,11 @@ class _DiagonalBiLSTMLayer(nn.Module):
                                      in zip(self.input_to_state, self.bias, strict=True))
         # The 1x1 conv commutes with mirroring: mirror its output instead of its input.
         pre = skew(torch.cat([forward_pre, backward_pre.flip(-1)], dim=1))
-        b, _, height, columns = pre.shape
+        b, _, height, _ = pre.shape
         state = cell = pre.new_zeros(b, 2 * self.hidden, height)
         outputs = []
-        for t in range(columns):
-            state, cell = self._column(pre[:, :, :, t], state, cell)
+        for pre_column in pre.unbind(3):  # one stack in backward (see _RowLSTMLayer)
+            state, cell = self._column(pre_column, state, cell)
             outputs.append(state)
         both = unskew(torch.stack(outputs, dim=3))
         forward_out, backward_out = both.chunk(2, dim=1)
