@@ -63,6 +63,7 @@ class PhaseState:
         factor = lr_multiplier(max_steps=max_steps * phase.repeats,
                                **phase_schedule(schedule, phase.repeats))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self._config_lrs = list(self.scheduler.base_lrs)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.streak = NonfiniteStreak(device)
         self.skips_on_device = skips_on_device(self.optimizer)
@@ -70,6 +71,16 @@ class PhaseState:
             log.info("%s has no fused kernel on %s here: phase %s reads its non-finite flag on "
                      "the host every step (one device sync per step).",
                      type(self.optimizer).__name__, device.type, phase.name)
+
+    def set_base_lr(self, lr: float | None) -> None:
+        """Make ``lr`` every group's learning rate before the schedule's factor (None: the
+        optimizer config's), e.g. a growing schedule's rate for a new resolution."""
+        lrs = self._config_lrs if lr is None else [lr] * len(self._config_lrs)
+        self.scheduler.base_lrs = list(lrs)
+        for group, base, factor in zip(self.optimizer.param_groups, lrs,
+                                       self.scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(self.scheduler.last_epoch)
 
     def grad_norm(self, max_norm: float | None) -> Tensor:
         """The unscaled total gradient norm (clipped to ``max_norm`` when set), on the device.

@@ -41,6 +41,7 @@ from gentrain.engine.distributed import (
 )
 from gentrain.engine.ema import EMA
 from gentrain.engine.evaluation import evaluate_model
+from gentrain.engine.growth import GrowthSchedule, GrowthStage
 from gentrain.engine.monitor import resolve_monitor
 from gentrain.engine.optim import load_optimizer_state
 from gentrain.engine.phase import PhaseState
@@ -66,6 +67,7 @@ class FamilyTraining:
     optim: dict[str, Any]
     schedule: dict[str, Any] = field(default_factory=dict)
     ema: dict[str, Any] = field(default_factory=dict)
+    growth: dict[str, Any] = field(default_factory=dict)  # a growing schedule (growth.py)
 
     def __post_init__(self) -> None:
         allowed = {"schedule": SCHEDULE_KEYS, "ema": {"decay", "warmup"}}
@@ -151,6 +153,9 @@ class Trainer:
         self.images_per_batch = data.batch_size * dist.world_size
         self.step = 0
         self.images_seen = 0
+        self.growth = self._growth_schedule(family.growth)
+        self._stage: GrowthStage | None = None
+        self._grow()
         self.train_time = 0.0
         self.best: dict[str, Any] | None = None
         self.monitor = resolve_monitor(config.monitor, config.monitor_mode, model.monitor)
@@ -192,7 +197,9 @@ class Trainer:
         for name, network in networks.items():
             module: nn.Module = network
             if self.dist.enabled:
-                module = DistributedDataParallel(network, device_ids=device_ids)
+                module = DistributedDataParallel(
+                    network, device_ids=device_ids,
+                    find_unused_parameters=self.model.has_idle_parameters)
                 self._ddp.append(module)
             wrapped[name] = torch.compile(module) if self.cfg.compile else module
         self.model.wrap_networks(wrapped)
@@ -262,6 +269,8 @@ class Trainer:
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.train_time = float(state.get("train_time", 0.0))
         self.best = state.get("best")
+        self._stage = None  # the stage the checkpoint's run applied after its last step
+        self._grow()
         self.loader.load_state_dict(state["data"])
         rng, rank_local = state["rng"], state.get("rank_local")
         if state.get("world_size") == self.dist.world_size and len(rng) == self.dist.world_size:
@@ -336,6 +345,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1
+                self._grow()
                 bar.update(1)
                 self._cadences(bar)
                 self.train_time += time.perf_counter() - started
@@ -370,6 +380,58 @@ class Trainer:
         if self.ema is not None:
             self.ema = self._new_ema()
         log.info("Initialised %s from a batch of training data.", self.model.family)
+
+    def _growth_schedule(self, growth: dict[str, Any]) -> GrowthSchedule | None:
+        """The family's growing schedule (model.growth), checked against the data and model."""
+        if not growth:
+            return None
+        spec = self.data.spec
+        if spec.height != spec.width:
+            raise GentrainError(
+                f"{self.model.family} grows square images, but {spec.name} is {spec.height}x"
+                f"{spec.width}. Use a square resolution (data.resolution) whose side is a "
+                "power of two.")
+        schedule = GrowthSchedule.from_config(growth, spec.height, self.data.batch_size)
+        if not hasattr(self.loader, "set_batch_size"):
+            raise GentrainError(
+                f"The training stream of {spec.name} cannot change its batch size, which "
+                "model.growth does per resolution; use a dataset with a single image stream.")
+        self.model.check_growth({r: schedule.batch_at(r) for r in schedule.resolutions})
+        if self.dist.is_main:
+            log.info(schedule.describe())
+        return schedule
+
+    def _grow(self) -> None:
+        """Apply the growing schedule's stage for the next step, from the images shown so far:
+        the family's resolution and fade weight every step; at a new level of detail the
+        stream's batch size, each phase's learning rate and (model.growth.reset_optimizer)
+        fresh optimizer moments. Applied after each step, before any checkpoint of it, so a
+        resume re-applies the same stage and never resets twice."""
+        if self.growth is None:
+            return
+        stage = self.growth.at(self.images_seen)
+        previous, self._stage = self._stage, stage
+        self.model.set_growth(stage)
+        if self.ema is not None:
+            self.ema.model.set_growth(stage)  # type: ignore[operator]
+        if previous is not None and previous.level == stage.level:
+            return
+        self.loader.set_batch_size(stage.batch_size)  # type: ignore[attr-defined]
+        self.images_per_batch = stage.batch_size * self.dist.world_size
+        for s in self.phases:
+            s.set_base_lr(stage.lr)
+            if previous is not None and self.growth.reset_optimizer:
+                s.optimizer.state.clear()  # moments and step count, as the official code
+        if previous is not None and self.dist.is_main:
+            what = "fading in" if stage.fade < 1 else "stabilising"
+            log.info("Step %d, %d images: %s %d px (batch %d per rank).", self.step,
+                     self.images_seen, what, stage.resolution, stage.batch_size)
+
+    def _growth_values(self) -> dict[str, float]:
+        if self._stage is None:
+            return {}
+        return {"growth/resolution": float(self._stage.resolution),
+                "growth/fade": self._stage.fade, "growth/lod": self._stage.lod}
 
     def _stop_agreed(self, stop: StopRequest) -> bool:
         """Whether every rank stops after this step (all ranks ask at the same steps)."""
@@ -489,6 +551,7 @@ class Trainer:
         self._mark = (now, self.images_seen)
         values["perf/images_per_sec"] = images / max(elapsed, 1e-9)
         values["perf/images_seen"] = float(self.images_seen)
+        values.update(self._growth_values())
         for s in self.phases:
             values[f"lr/{s.phase.name}"] = s.optimizer.param_groups[0]["lr"]
         self.last_metrics = values
@@ -497,8 +560,10 @@ class Trainer:
         self._counts.clear()
         self._done_at["log"] = self.step
         main_loss = f"{self.phases[-1].phase.name}/loss"
+        growing = ({"px": self._stage.resolution, "fade": f"{self._stage.fade:.2f}"}
+                   if self._stage is not None else {})
         bar.set_postfix(loss=f"{values.get(main_loss, float('nan')):.4g}",
-                        img_s=f"{values['perf/images_per_sec']:.0f}", refresh=False)
+                        img_s=f"{values['perf/images_per_sec']:.0f}", **growing, refresh=False)
         for s in self.phases:
             if not math.isfinite(values.get(f"{s.phase.name}/loss", 0.0)):
                 log.warning("Mean %s loss since the last log is not finite at step %d.",
@@ -587,6 +652,10 @@ class Trainer:
             "resumed_from_step": self.start_step,
             "step_unit": f"optimizer steps of phase '{self.phases[-1].phase.name}'",
             "images_seen": self.images_seen,
+            **({"growth": {"resolution": self._stage.resolution, "fade": self._stage.fade,
+                           "lod": self._stage.lod, "final_resolution":
+                           self.growth.final_resolution}}
+               if self._stage is not None and self.growth is not None else {}),
             "wall_time_s": round(self.train_time, 3),
             "device": str(self.device),
             "device_name": (torch.cuda.get_device_name(self.device)

@@ -10,7 +10,7 @@ from gentrain.models.base import GenerativeModel
 
 # Keys of a model config that are not constructor arguments: the family's name and its
 # training defaults, which the trainer reads (see configs/model/*.yaml).
-TRAINING_KEYS = ("name", "optim", "schedule", "ema")
+TRAINING_KEYS = ("name", "optim", "schedule", "ema", "growth")
 
 
 def build_model(cfg: DictConfig, spec: DataSpec) -> GenerativeModel:

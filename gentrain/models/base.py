@@ -115,6 +115,9 @@ class GenerativeModel(nn.Module):
     #: histories of fakes): a checkpoint holds every rank's, and a resume on as many ranks
     #: gives each its own back (the model state holds rank 0's, for any other use).
     rank_local_state: tuple[str, ...] = ()
+    #: Whether some parameters sit out some steps (a growing family's blocks of resolutions not
+    #: reached yet): DDP then looks for them after each forward (``find_unused_parameters``).
+    has_idle_parameters: bool = False
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
@@ -170,6 +173,15 @@ class GenerativeModel(nn.Module):
         initialised state is in the checkpoint, so a resume never repeats it.
         """
         return False
+
+    def set_growth(self, stage: Any) -> None:
+        """A growing family (model.growth) takes the schedule's stage
+        (:class:`gentrain.engine.growth.GrowthStage`) before each training step."""
+        raise NotImplementedError(f"{self.family} does not grow; remove model.growth.")
+
+    def check_growth(self, batch_sizes: dict[int, int]) -> None:
+        """Raise :class:`GentrainError` if the per-rank batch size of some resolution
+        (``{side: size}``) cannot work for this family; called once before training."""
 
     @property
     def reference_images(self) -> str:

@@ -27,6 +27,15 @@ def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
     return count
 
 
+def next_epoch_for_new_size(epoch: int, index: int) -> tuple[int, int]:
+    """Where a stream goes on after its batch size changed (a growing schedule's new
+    resolution): at the start of the next epoch of the seeded order, unless it is at the start
+    of one. Positions (epoch, index) then keep meaning one batch for one size, so the order
+    stays a function of (seed, epoch, index, batch size) and a resume stays exact; the cost is
+    the rest of one epoch, once per change."""
+    return (epoch + 1, 0) if index > 0 else (epoch, index)
+
+
 def pick_split(splits: Mapping[str, T], name: str, dataset: str) -> T:
     """``splits[name]``, or an error that lists the splits ``dataset`` has."""
     if name not in splits:
@@ -54,6 +63,8 @@ class ResumableLoader(Protocol):
     def state_dict(self) -> dict[str, int]: ...
 
     def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+    # Streams that a growing schedule drives also have ``set_batch_size(n)``.
 
 
 class DataModule(ABC):

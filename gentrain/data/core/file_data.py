@@ -17,7 +17,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gentrain.data.core.base import SplitDataModule, batches_per_epoch, eval_index_batches
+from gentrain.data.core.base import (
+    SplitDataModule,
+    batches_per_epoch,
+    eval_index_batches,
+    next_epoch_for_new_size,
+)
 from gentrain.data.core.batch import Batch
 from gentrain.data.core.seeding import epoch_permutation, generator_for
 from gentrain.data.core.transforms import BatchTransform
@@ -120,6 +125,17 @@ class FileBatchLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._batches = None
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Draw ``batch_size`` images per batch from now on (a growing schedule's new
+        resolution); see :func:`gentrain.data.core.base.next_epoch_for_new_size`."""
+        if batch_size != self.batch_size:
+            self.batch_size = self.sampler.batch_size = batch_size
+            self.sampler.batches = batches_per_epoch(self.sampler.n, batch_size,
+                                                     self.sampler.world_size)
+            self.batches_per_epoch = self.sampler.batches
+            self.epoch, self.index = next_epoch_for_new_size(self.epoch, self.index)
+            self._batches = None
 
 
 @dataclass

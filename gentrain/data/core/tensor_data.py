@@ -12,7 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gentrain.data.core.base import SplitDataModule, batches_per_epoch, eval_index_batches
+from gentrain.data.core.base import (
+    SplitDataModule,
+    batches_per_epoch,
+    eval_index_batches,
+    next_epoch_for_new_size,
+)
 from gentrain.data.core.batch import Batch
 from gentrain.data.core.seeding import epoch_permutation, generator_for
 from gentrain.data.core.transforms import BatchTransform
@@ -91,6 +96,15 @@ class DeviceBatchLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Draw ``batch_size`` images per batch from now on (a growing schedule's new
+        resolution); see :func:`gentrain.data.core.base.next_epoch_for_new_size`."""
+        if batch_size != self.batch_size:
+            self.batch_size = batch_size
+            self.batches_per_epoch = batches_per_epoch(len(self.split), batch_size,
+                                                       self.world_size)
+            self.epoch, self.index = next_epoch_for_new_size(self.epoch, self.index)
 
 
 class TensorDataModule(SplitDataModule):
