@@ -22,7 +22,11 @@ def build_data(cfg: DictConfig) -> DataModule:
     name = module.removeprefix("gentrain.data.")
     if name in MOVED_DATASETS:
         cfg = OmegaConf.merge(cfg, {"_target_": f"gentrain.data.datasets.{name}.{builder}"})
-    return build_from_config(
-        cfg, "data", DataModule, skip=("name",),
+    module = build_from_config(
+        cfg, "data", DataModule, skip=("name", "patches"),
         hint="Point it at a dataset builder from gentrain.data.datasets.",
     )
+    # Key patches (Puzzle-GAN) work on every dataset, so they wrap whatever was built.
+    from gentrain.data.pairs.patches import parse_patches, with_patches
+
+    return with_patches(parse_patches(cfg.get("patches")), module, cfg)

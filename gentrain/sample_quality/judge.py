@@ -185,12 +185,14 @@ class Judge:
 
 def judge_data_config(data_cfg: DictConfig, label_kind: str | None = None) -> DictConfig:
     """The labelled dataset behind ``data_cfg``: translation keys (``pair``, ``unpaired``)
-    cleared, so a judge of shapes serves pix2pix and CycleGAN on shapes too; ``label_kind``
-    asks for class labels or attributes where the dataset offers both (shapes' ``labels``)."""
+    cleared and ``patches`` dropped, so a judge of shapes serves pix2pix, CycleGAN and
+    Puzzle-GAN on shapes too; ``label_kind`` asks for class labels or attributes where the
+    dataset offers both (shapes' ``labels``)."""
     cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
     for key in TASK_KEYS:
         if key in cfg:
             cfg[key] = None
+    cfg.pop("patches", None)  # key patches (Puzzle-GAN) change no image or label
     if label_kind is not None and "labels" in cfg:
         cfg.labels = label_kind
     return cfg

@@ -6,6 +6,9 @@ A batch is a plain dict of tensors on the training device:
 - ``label`` (optional): long (B,) class index, or float (B, A) of {0, 1} attributes.
 - ``source`` (optional): float (B, Cs, H, W) in [-1, 1], the input side of an image-to-image pair.
 - ``label_map`` (optional): long (B, H, W) per-pixel class (0 is background).
+- ``boxes``, ``patches``, ``mask``, ``shuffled`` (with ``data.patches``): K key boxes
+  (B, K, 4) as (x, y, w, h) pixels, their crops (B, K, C, H, W), their union (B, 1, H, W)
+  and another real image (B, C, H, W); see gentrain.data.pairs.patches.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class DataSpec:
     source_channels: int = 0  # > 0 when batches carry a paired ``source`` image
     has_label_map: bool = False
     unpaired: bool = False  # ``source`` and ``image`` come from two domains, not aligned pairs
+    patches: int = 0  # K key patches per example (``data.patches``), 0: none
 
     @property
     def dims(self) -> int:

@@ -39,6 +39,11 @@ def random_hflip(batch: Batch, generator: torch.Generator) -> Batch:
             value = batch[key]
             mask = flip.view(-1, *([1] * (value.dim() - 1)))
             out[key] = torch.where(mask, value.flip(-1), value)
+    if "boxes" in batch:  # (B, K, 4) key-patch boxes (x, y, w, h) move with their image
+        boxes = batch["boxes"]
+        mirrored = boxes.clone()
+        mirrored[..., 0] = image.shape[-1] - boxes[..., 0] - boxes[..., 2]
+        out["boxes"] = torch.where(flip.view(-1, 1, 1), mirrored, boxes)
     return out
 
 
