@@ -449,7 +449,8 @@ class Trainer:
                                 reuse_graphs=reuse) for m in range(accum)]
         for state in self.phases:
             for repeat in range(state.phase.repeats):
-                if state.phase.fresh_batch:
+                last = repeat == state.phase.repeats - 1
+                if state.phase.fresh_batch and not (state.phase.shares_last and last):
                     batches = [self._next_batch() for _ in range(accum)]
                 else:
                     while len(shared) < accum:

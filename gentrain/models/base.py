@@ -52,12 +52,15 @@ class Phase:
     five critic steps per generator step in WGAN-GP. The training step count is the number of
     times the *last* phase (the generator or main phase) has stepped. By default all phases of
     a training step see the step's batch (so a G step can reuse the fakes its D step made);
-    with ``fresh_batch`` every repeat of this phase draws its own.
+    with ``fresh_batch`` every repeat of this phase draws its own. ``shares_last`` makes the
+    last of those repeats take the step's shared batch instead, so the phases after it train
+    on the batch this one saw last (Puzzle-GAN: D on two batches, then G on the second).
     """
 
     name: str
     repeats: int = 1
     fresh_batch: bool = False
+    shares_last: bool = False
 
 
 @dataclass
