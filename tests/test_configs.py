@@ -466,7 +466,8 @@ def test_sampling_uses_ema_weights_when_the_checkpoint_has_them(tmp_path: Path) 
 
 # The recipes of the likelihood families whose data needs files: composing is not enough, so
 # each builds its full-size model on fixture files in the real on-disk format and takes a loss.
-FILE_RECIPES = ["pixelcnn_mnist", "pixelcnn_cifar10", "flow_mnist", "flow_cifar10"]
+FILE_RECIPES = ["pixelcnn_mnist", "pixelcnn_cifar10", "pixelrnn_mnist", "pixelrnn_cifar10",
+                "flow_mnist", "flow_cifar10"]
 
 
 @pytest.mark.parametrize("recipe", FILE_RECIPES)
