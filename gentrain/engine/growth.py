@@ -84,9 +84,11 @@ class GrowthSchedule:
                 "model.growth.stabilise_kimg and fade_kimg are thousands of real images, >= 0; "
                 f"got {self.stabilise_kimg} and {self.fade_kimg}.")
         for name, table in (("batch_size", self.batch_size), ("lr", self.lr)):
-            wrong = [r for r in table if not (is_power_of_two(r) and initial <= r <= final)]
-            require(not wrong, f"model.growth.{name} names resolution(s) {wrong} that this run "
-                    f"never trains at; it grows {initial} -> {final} px (powers of two).")
+            # Sides this run never reaches are allowed (a recipe's table over a smaller
+            # data.resolution), sides that no run reaches are a typo.
+            wrong = [r for r in table if not (is_power_of_two(r) and r >= 4)]
+            require(not wrong, f"model.growth.{name} names side(s) {wrong}; its keys are image "
+                    "sides, powers of two from 4 (e.g. {256: 14, 512: 6, 1024: 3}).")
         sizes = [self.batch_at(r) for r in self.resolutions]
         require(all(isinstance(b, int) and b >= 1 for b in sizes),
                 f"model.growth.batch_size values are images per rank, whole numbers >= 1; "

@@ -56,7 +56,8 @@ def train(cfg: DictConfig, run_dir: Path, length: Decision) -> dict[str, Any]:
         optim=OmegaConf.to_container(cfg.model.optim, resolve=True),  # type: ignore[arg-type]
         schedule=OmegaConf.to_container(cfg.model.get("schedule", {}), resolve=True),  # type: ignore[arg-type]
         ema=OmegaConf.to_container(cfg.model.get("ema", {}), resolve=True),  # type: ignore[arg-type]
-        growth=OmegaConf.to_container(cfg.model.get("growth", {}), resolve=True),  # type: ignore[arg-type]
+        growth=(OmegaConf.to_container(cfg.model.growth, resolve=True)  # type: ignore[arg-type]
+                if cfg.model.get("growth") else {}),
     )
     quality = None
     if runtime.trainer.eval_sample_quality:
