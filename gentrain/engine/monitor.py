@@ -12,7 +12,7 @@ MODES = ("auto", "min", "max")
 
 #: Metrics where a higher value is better, whatever the family (sample quality, fidelity).
 HIGHER_IS_BETTER = frozenset({
-    "is", "psnr", "ssim",
+    "is", "psnr", "ssim", "mask_iou",
     # the data-trained judge's shares and scores (gentrain.sample_quality.domain)
     "precision_domain", "recall_domain", "confident_domain", "modes_domain",
     "min_class_share_domain", "consistency_domain", "target_accuracy_domain",

@@ -44,6 +44,10 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
     if hasattr(model, "domain_grid"):  # attribute translators (StarGAN): nothing from noise
         return domain_translations(cfg, config, model, int(state["step"]), device, run_dir,
                                    autocast)
+    if model.spec.patches:  # Puzzle-GAN: whole images from key patches
+        from gentrain.tasks.patch_sample import patch_samples
+
+        return patch_samples(cfg, config, model, int(state["step"]), device, run_dir, autocast)
     pairs = sources_to_translate(cfg, config, model.spec, device) if model.spec.source_channels \
         else None
     if pairs is not None:
