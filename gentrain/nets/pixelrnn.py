@@ -21,9 +21,23 @@ to the right in its own row, so its output is shifted down one row before it is 
 then gets what that direction computed from rows <= r - 1. tests/test_pixelrnn.py proves all
 of this with gradients.
 
+Receptive fields: a Row LSTM state sees a triangle above it (one pixel further sideways per
+row up). A Diagonal BiLSTM layer sees every earlier pixel but one: the last pixel of the row
+above, (i - 1, W - 1), for j < W - 1 - k//2 with a k x k first conv. No feature of a pixel
+before (i, j) holds it (a mask-A feature excludes its own pixel, and the row ends there), so
+no depth recovers it; the paper's construction has the same gap.
+
 The recurrences loop in Python over rows (Row LSTM: H steps) or skewed columns (Diagonal
 BiLSTM: H + W - 1 steps, both directions in one loop through grouped convs); the input-to-
 state convs run once for the whole image.
+
+Cached sampling (:mod:`gentrain.nets.cached_sampling`): ``begin_sampling`` / ``step`` carry
+the recurrent states from draw to draw, so an image costs about one network pass. Row LSTM:
+the row above's state (through the state-to-state conv, once per row) and cell. Diagonal
+BiLSTM: the left-to-right states of the row above and of the current row so far, plus the
+states the skew's zero padding produces left of each row (data-independent, computed once);
+the right-to-left direction reaches row i only through the one-row shift, so it runs once per
+finished row.
 """
 
 from __future__ import annotations
