@@ -77,10 +77,11 @@ def unskew(x: Tensor) -> Tensor:
     return F.pad(x.flatten(2), (0, h)).view(b, c, h, w + h)[..., :w]
 
 
-def _lstm_update(gates: Tensor, cell: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+def _lstm_update(gates: Tensor, cell: Tensor, hidden: int, dim: int = 1
+                 ) -> tuple[Tensor, Tensor]:
     """One LSTM step from 4h gate pre-activations (i, f, o, g blocks of ``hidden`` maps along
-    dim 1, possibly with a direction dim before them) -> (new state, new cell)."""
-    i, f, o, g = gates.unflatten(1, (4, hidden)).unbind(1)
+    ``dim``) and the cell (``hidden`` maps along ``dim``) -> (new state, new cell)."""
+    i, f, o, g = gates.unflatten(dim, (4, hidden)).unbind(dim)
     cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(cell), cell
 
@@ -184,10 +185,11 @@ class _DiagonalBiLSTMLayer(nn.Module):
         and the previous column's (B, 2h, H) state and cell -> this column's."""
         # Zero state above row 0: the 2x1 conv reads (r - 1, r) of the previous column.
         gates = pre + self.state_to_state(F.pad(state, (1, 0)))
-        # (direction, gate, map) -> (gate, direction, map): each gate then lines up with the
-        # (B, 2h, H) state of both directions.
-        gates = gates.unflatten(1, (2, 4, self.hidden)).transpose(1, 2).flatten(1, 3)
-        return _lstm_update(gates, cell, 2 * self.hidden)
+        # The grouped conv's maps are (direction, gate, map): the update runs per direction
+        # on views, without copying the gates into (gate, direction, map) order.
+        state, cell = _lstm_update(gates.unflatten(1, (2, 4 * self.hidden)),
+                                   cell.unflatten(1, (2, self.hidden)), self.hidden, dim=2)
+        return state.flatten(1, 2), cell.flatten(1, 2)
 
     def padding_states(self, batch: int, height: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """The (B, 2h, H) state and cell just left of each row's first pixel in the skewed
