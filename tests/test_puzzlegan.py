@@ -144,6 +144,19 @@ def test_a_folder_dataset_takes_its_boxes_by_file_name(tmp_path: Path) -> None:
     names = [int(p.stem) for p in data.splits["test"].files[:2]]
     assert batch["boxes"][:, 0, 0].tolist() == names
     assert batch["patches"].shape == (2, 3, 3, 16, 16)
+    # The authors' format: a .mat 'allbbs' (images, 3, 4) in 128-px coordinates, one row per
+    # image in the sorted order of the files, scaled down to the data's side (rounded down).
+    scipy_io = pytest.importorskip("scipy.io")
+    allbbs = np.array([[[8 * k, 0, 40, 33], [0, 0, 32, 32], [64, 64, 51, 51]]
+                       for k in range(4)], dtype=np.uint8)
+    scipy_io.savemat(tmp_path / "allbbs.mat", {"allbbs": allbbs})
+    cfg.data.patches = {"source": "file", "file": str(tmp_path / "allbbs.mat"),
+                        "box_resolution": 128}
+    data = build_data(cfg.data)
+    boxes = data.splits["train"].boxes
+    rows = [int(p.stem) for p in data.splits["train"].files]
+    assert boxes[:, 0].tolist() == [[k, 0, 5, 4] for k in rows]
+    assert boxes[0, 2].tolist() == [8, 8, 6, 6]
 
 
 # ---------------------------------------------------------------- the model's parts
