@@ -79,15 +79,19 @@ def _attribute_colours(n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tens
 
 
 def render_shapes(
-    n: int, resolution: int, channels: int, seed: int, attributes: bool = False
+    n: int, resolution: int, channels: int, seed: int, attributes: bool = False,
+    centred: bool = False,
 ) -> TensorSplit:
     """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps;
     with ``attributes`` the labels are the float (n, 4) :data:`ATTRIBUTE_NAMES` instead and
-    the colours follow them (the class-labelled images stay exactly as they were)."""
+    the colours follow them (the class-labelled images stay exactly as they were); with
+    ``centred`` every shape sits at the centre (aligned, as faces in CelebA), all else equal."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_NAMES), (n,), generator=g)
     size = 0.18 + 0.17 * torch.rand(n, generator=g)
     centre = size[:, None] + (1 - 2 * size[:, None]) * torch.rand(n, 2, generator=g)
+    if centred:  # after the draw, so that every other draw stays the same
+        centre = torch.full_like(centre, 0.5)
     if attributes:
         require(channels == 3, "data.labels=attributes names colours: use data.channels=3.")
         fg, bg, attribute_labels = _attribute_colours(n, g)
@@ -128,6 +132,7 @@ def shapes(
     num_test: int = 1000, seed: int = 0, hflip: bool = True,
     pair: str | dict[str, Any] | None = None, labels: str = "class",
     unpaired: str | None = None,  # "circle:square": two classes as unpaired domains A, B
+    centred: bool = False,  # every shape at the centre (aligned objects, as for Puzzle-GAN)
 ) -> TensorDataModule | UnpairedDataModule:
     """The shapes dataset as a :class:`TensorDataModule` (train and test splits).
 
@@ -152,9 +157,9 @@ def shapes(
     )
     splits = {
         "train": render_shapes(num_train, resolution, channels, derive_seed(seed, "train"),
-                               attributes),
+                               attributes, centred),
         "test": render_shapes(num_test, resolution, channels, derive_seed(seed, "test"),
-                              attributes),
+                              attributes, centred),
     }
     module = TensorDataModule(
         spec=spec, splits=splits, batch_size=batch_size,
