@@ -102,11 +102,12 @@ def training_step(model, loader, cfg, optimizers, autocast) -> int:  # noqa: ANN
     shared: dict[str, torch.Tensor] | None = None
     ctx, drawn = StepContext(), 0
     for phase in model.phases:
-        for _ in range(phase.repeats):
-            if phase.fresh_batch or shared is None:
+        for repeat in range(phase.repeats):
+            fresh = phase.fresh_batch and not (phase.shares_last and repeat == phase.repeats - 1)
+            if fresh or shared is None:
                 batch = next_batch(loader, cfg.trainer.channels_last)
                 drawn += batch["image"].shape[0]
-                shared = shared if phase.fresh_batch else batch
+                shared = shared if fresh else batch
             else:
                 batch = shared
             if optimizers:

@@ -279,4 +279,8 @@ def test_the_recipes_are_the_authors() -> None:
     assert cfg.model.optim.discriminator.lr == 2e-4 and cfg.model.d_steps == 2
     assert cfg.model.latent_dim == 128 and cfg.data.patches.box_resolution == 128
     shapes = compose_config(["model=puzzlegan"])
-    assert shapes.data.patches == "labels"
+    assert shapes.data.patches == "labels" and shapes.data.centred
+    from gentrain.data.datasets.shapes import render_shapes
+
+    centred = render_shapes(8, 16, 3, seed=0, centred=True).label_maps
+    assert (centred[:, 7:9, 7:9] > 0).all()  # every shape covers the centre
