@@ -235,7 +235,7 @@ def test_sample_and_eval_at_the_final_resolution(runs: dict[str, Any]) -> None:
 
 
 def test_ddp_two_processes_grow_through_a_resolution_change(tmp_path: Path) -> None:
-    """Two ranks of 4 images each: 4 px for 2 steps, then fading in 8 px; the ranks end with
+    """Two ranks of 4 images each: 4 px for 3 steps, then fading in 8 px; the ranks end with
     the same weights."""
     script = tmp_path / "compare.py"
     script.write_text(COMPARE_WEIGHTS)
