@@ -16,6 +16,12 @@ from omegaconf import DictConfig
 import gentrain.cli  # noqa: F401  (registers the gentrain_stamp resolver)
 from gentrain.cli import run
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n 2` (the README's command) each worker has one core: a second torch
+    # thread per worker, or per subprocess it starts, would only contend for it.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # Tiny and fast: every test trains a few steps of a small model on a small dataset.
 FAST_RUN = [
     "trainer.device=cpu",
