@@ -39,8 +39,8 @@ def ddpm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     "options",
     [[], ["model.conditional=true", "model.grid_sampler.guidance=2.0"],
      ["trainer.precision=bf16", "trainer.channels_last=true", "model.target=v",
-      "model.beta_schedule=cosine"]],
-    ids=["unconditional", "conditional-guided", "bf16-channels_last-v-cosine"],
+      "model.beta_schedule=cosine", "model.min_snr_gamma=5"]],
+    ids=["unconditional", "conditional-guided", "bf16-channels_last-v-cosine-minsnr"],
 )
 def test_ddpm_trains_draws_grids_and_evaluates(tmp_path: Path, options: list[str]) -> None:
     result = ddpm_task(tmp_path, [*TRAIN, *options])
@@ -115,6 +115,24 @@ def test_label_dropout_trains_the_null_token() -> None:
     model.loss(batch, "main")
     dropped = (seen[0] == model.num_classes).float().mean().item()
     assert dropped == pytest.approx(model.label_dropout, abs=0.04)
+
+
+def test_min_snr_gamma_weights_each_example_and_null_is_the_papers_loss() -> None:
+    from gentrain.data import build_data
+    from gentrain.models import build_model
+
+    batch = {"image": torch.rand(8, 3, 16, 16) * 2 - 1}
+    losses = {}
+    for gamma in ("null", "5.0", "1e30"):
+        cfg = compose_config([*DDPM_FAST, f"model.min_snr_gamma={gamma}"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, build_data(cfg.data).spec)
+        torch.manual_seed(1)
+        losses[gamma] = model.loss(batch, "main")["loss"].item()
+    # ε-prediction: a γ above every SNR weighs every timestep 1, the paper's L_simple.
+    assert losses["1e30"] == pytest.approx(losses["null"], rel=1e-6)
+    # γ = 5 caps the low-noise steps, whose SNR is far above 5, so the loss falls.
+    assert losses["5.0"] < losses["null"]
 
 
 def test_resume_is_bitwise_identical_including_the_ema(

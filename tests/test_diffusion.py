@@ -91,6 +91,22 @@ def test_targets_invert_to_the_true_x0_and_noise(target: str) -> None:
     torch.testing.assert_close(eps_hat, noise, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error_for_every_target(target: str) -> None:
+    """Hang et al. 2023 define the weight on the x₀ error; each target's weight must give it."""
+    diffusion = Diffusion(make_betas("linear", 1000), target=target)
+    x0, noise = _images(3), torch.randn(3, 2, 4, 4, dtype=DTYPE)
+    t = torch.tensor([0, 300, 999])  # SNR far above, near and far below γ = 5
+    x_t = diffusion.q_sample(x0, t, noise)
+    target_true = diffusion.training_target(x0, noise, t)
+    output = target_true + 0.1 * torch.randn(target_true.shape, dtype=DTYPE)
+    target_error = (output - target_true).square().flatten(1).mean(1)
+    x0_error = (diffusion.predict_x0_eps(x_t, t, output)[0] - x0).square().flatten(1).mean(1)
+    snr = diffusion.alphas_cumprod[t] / (1 - diffusion.alphas_cumprod[t])
+    weighted = diffusion.min_snr_weight(t, 5.0, target_error) * target_error
+    torch.testing.assert_close(weighted, snr.clamp(max=5.0) * x0_error, rtol=1e-3, atol=0)
+
+
 def test_one_ddim_step_with_the_true_noise_and_eta_zero_recovers_x0() -> None:
     diffusion = Diffusion(make_betas("linear", 1000))
     x0, noise = _images(3), torch.randn(3, 2, 4, 4, dtype=DTYPE)

@@ -93,6 +93,7 @@ class DDPM(GenerativeModel):
         variance: str = "fixedlarge",
         conditional: bool = False,
         label_dropout: float = 0.1,
+        min_snr_gamma: float | None = None,
         sampler: Mapping[str, Any] | None = None,
         grid_sampler: Mapping[str, Any] | None = None,
         vb_timesteps: int | None = None,
@@ -102,6 +103,9 @@ class DDPM(GenerativeModel):
                 "(see configs/model/net/).")
         require(0.0 <= label_dropout < 1.0,
                 f"model.label_dropout must be in [0, 1), not {label_dropout}.")
+        require(min_snr_gamma is None or min_snr_gamma > 0,
+                f"model.min_snr_gamma must be > 0 or null (the paper's unweighted loss), "
+                f"not {min_snr_gamma}.")
         require(vb_timesteps is None or vb_timesteps >= 1,
                 f"model.vb_timesteps must be >= 1 or null (all T), not {vb_timesteps}.")
         if conditional:
@@ -112,6 +116,7 @@ class DDPM(GenerativeModel):
         self.diffusion = Diffusion.build(beta_schedule, timesteps, target, variance)
         self.conditional = conditional
         self.label_dropout = label_dropout
+        self.min_snr_gamma = min_snr_gamma
         self.num_classes = spec.num_classes if conditional else 0
         self.sampler = SamplerConfig.from_mapping(sampler or {}, "model.sampler")
         self.grid_sampler = SamplerConfig.from_mapping(
@@ -141,7 +146,8 @@ class DDPM(GenerativeModel):
     def loss(
         self, batch: Batch, phase: str, ctx: StepContext | None = None
     ) -> dict[str, Tensor]:
-        """L_simple: MSE between the network's output and its target at t ~ U{0, …, T−1}."""
+        """L_simple: MSE between the network's output and its target at t ~ U{0, …, T−1}
+        (weighted per timestep by Min-SNR-γ when ``min_snr_gamma`` is set)."""
         if phase != "main":
             raise KeyError(phase)
         x0 = batch["image"]
@@ -155,7 +161,11 @@ class DDPM(GenerativeModel):
             label = torch.where(dropped, torch.full_like(label, self.num_classes), label)
         output = self.net(x_t, t, label)
         target = self.diffusion.training_target(x0, noise, t)
-        return {"loss": F.mse_loss(output.float(), target.float())}
+        if self.min_snr_gamma is None:
+            return {"loss": F.mse_loss(output.float(), target.float())}
+        error = (output.float() - target.float()).square().flatten(1).mean(1)
+        weight = self.diffusion.min_snr_weight(t, self.min_snr_gamma, error)
+        return {"loss": (weight * error).mean()}
 
     # -- sampling -----------------------------------------------------------------------------
 
