@@ -57,6 +57,15 @@ def test_wgan_gp_runs_five_to_one_style_critic_updates_on_fresh_batches(
     assert result["images_seen"] == 2 * (3 + 1) * 8  # 3 fresh critic batches + G's batch
 
 
+def test_an_epoch_of_wgan_gp_counts_every_batch_its_steps_draw(tmp_path: Path) -> None:
+    """64 images in batches of 8 are 8 batches; a step draws 4 (3 critic + G's), so an epoch
+    is 2 steps and shows each image once."""
+    result = gan_task(tmp_path, ["trainer.max_epochs=1", "data.num_train=64", *WGAN])
+    assert result["length"]["steps_per_epoch"] == 2
+    assert result["steps"] == 2
+    assert result["images_seen"] == 64
+
+
 def test_a_d_step_leaves_g_unchanged_and_a_g_step_leaves_d_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,7 @@ from gentrain.engine.run_log import RunLog
 from gentrain.engine.schedule import SCHEDULE_KEYS, schedule_in_steps
 from gentrain.engine.signals import StopRequest
 from gentrain.errors import GentrainError
-from gentrain.models.base import GenerativeModel, StepContext
+from gentrain.models.base import GenerativeModel, StepContext, batches_per_step
 from gentrain.precedence import Decision
 from gentrain.sample_quality.evaluate import SampleQuality
 
@@ -108,9 +108,10 @@ class Trainer:
         self.loader = data.train_loader(
             device=device, seed=seed, rank=dist.rank, world_size=dist.world_size
         )
-        # A training step takes grad_accum batches (shared by the phases that do not ask for
-        # fresh ones); epochs count those.
-        steps_per_epoch = max(1, self.loader.batches_per_epoch // config.grad_accum)
+        # A training step takes grad_accum micro-batches for each batch its phases draw (one
+        # shared by the phases that do not ask for fresh ones); epochs count those.
+        batches = config.grad_accum * batches_per_step(model.phases)
+        steps_per_epoch = max(1, self.loader.batches_per_epoch // batches)
         if config.max_epochs is not None:
             config = dataclasses.replace(config, max_steps=config.max_epochs * steps_per_epoch)
         self.cfg = config

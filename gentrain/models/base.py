@@ -7,7 +7,7 @@ It never steps an optimizer, moves data or writes files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,14 @@ class Phase:
     repeats: int = 1
     fresh_batch: bool = False
     shares_last: bool = False
+
+
+def batches_per_step(phases: Sequence[Phase]) -> int:
+    """Batches one training step draws (per micro-batch): each fresh repeat draws its own, and
+    the step's shared batch is drawn once if any phase uses it. Epochs count these."""
+    fresh = sum(p.repeats - p.shares_last for p in phases if p.fresh_batch)
+    shared = any(not p.fresh_batch or p.shares_last for p in phases)
+    return fresh + shared
 
 
 @dataclass
