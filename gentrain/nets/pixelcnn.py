@@ -268,14 +268,11 @@ class PixelCNNSampling:
     row: int = -1
 
 
-class PixelCNN(_AutoregressiveNet):
-    """The original PixelCNN: a k x k mask-A conv to 2h maps, ``layers`` residual blocks
-    (2h -> h -> h -> 2h), two 1x1 mask-B output layers. ``hidden`` is the paper's h.
+class _MaskAStack(_AutoregressiveNet):
+    """A k x k mask-A conv to 2h maps (+ class bias), ``layers`` blocks of type ``block`` on
+    2h maps (each called as ``block(h, onehot)``), the head: PixelCNN's and PixelRNN's shape."""
 
-    ``forward(x, label=None)`` -> (B, C, out_per_channel, H, W), or (B, out_channels, H, W)
-    for the mixture layout (see the module docstring). Stacked masked convs leave a blind spot
-    up and to the right of each pixel that no depth fills; :class:`GatedPixelCNN` has none.
-    """
+    block: type[nn.Module]
 
     def __init__(self, data_channels: int, out_per_channel: int | None, hidden: int,
                  layers: int, kernel_size: int = 7, num_classes: int = 0,
@@ -285,7 +282,7 @@ class PixelCNN(_AutoregressiveNet):
         self.first = MaskedConv2d(data_channels, 2 * hidden, kernel_size, "A", self.groups)
         self.first_bias = _ClassBias(num_classes, 2 * hidden)
         self.blocks = nn.ModuleList(
-            _ResidualBlock(hidden, self.groups, num_classes) for _ in range(layers))
+            self.block(hidden, self.groups, num_classes) for _ in range(layers))
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
         onehot = self._onehot(label, x)
@@ -293,6 +290,18 @@ class PixelCNN(_AutoregressiveNet):
         for block in self.blocks:
             h = block(h, onehot)
         return self._layout(self.head(h, onehot))
+
+
+class PixelCNN(_MaskAStack):
+    """The original PixelCNN: a k x k mask-A conv to 2h maps, ``layers`` residual blocks
+    (2h -> h -> h -> 2h), two 1x1 mask-B output layers. ``hidden`` is the paper's h.
+
+    ``forward(x, label=None)`` -> (B, C, out_per_channel, H, W), or (B, out_channels, H, W)
+    for the mixture layout (see the module docstring). Stacked masked convs leave a blind spot
+    up and to the right of each pixel that no depth fills; :class:`GatedPixelCNN` has none.
+    """
+
+    block = _ResidualBlock
 
     def begin_sampling(self, canvas: Tensor, label: Tensor | None = None) -> PixelCNNSampling:
         """Cached sampling onto ``canvas``; see :mod:`gentrain.nets.cached_sampling`."""

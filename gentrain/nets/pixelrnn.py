@@ -52,10 +52,10 @@ from torch import Tensor, nn
 from gentrain.nets.cached_sampling import ConvCache
 from gentrain.nets.pixelcnn import (
     MaskedConv2d,
-    _AutoregressiveNet,
     _CachedHead,
     _ClassBias,
     _down_shift,
+    _MaskAStack,
     _MaskedConv,
 )
 
@@ -306,27 +306,8 @@ class PixelRNNSampling:
     row: int = -1
 
 
-class _PixelRNN(_AutoregressiveNet):
+class _PixelRNN(_MaskAStack):
     """A k x k mask-A conv to 2h maps, ``layers`` residual LSTM layers, the PixelCNN head."""
-
-    layer: type[nn.Module]
-
-    def __init__(self, data_channels: int, out_per_channel: int | None, hidden: int,
-                 layers: int, kernel_size: int = 7, num_classes: int = 0,
-                 out_channels: int | None = None) -> None:
-        super().__init__(data_channels, out_per_channel, hidden, layers, kernel_size,
-                         num_classes, out_channels)
-        self.first = MaskedConv2d(data_channels, 2 * hidden, kernel_size, "A", self.groups)
-        self.first_bias = _ClassBias(num_classes, 2 * hidden)
-        self.layers = nn.ModuleList(
-            self.layer(hidden, self.groups, num_classes) for _ in range(layers))
-
-    def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
-        onehot = self._onehot(label, x)
-        h = self.first(x) + self.first_bias(onehot)
-        for layer in self.layers:
-            h = layer(h, onehot)
-        return self._layout(self.head(h, onehot))
 
     def begin_sampling(self, canvas: Tensor, label: Tensor | None = None
                        ) -> PixelRNNSampling:
@@ -336,7 +317,7 @@ class _PixelRNN(_AutoregressiveNet):
         return PixelRNNSampling(
             canvas=canvas, first=self.first.cache(batch, width, canvas),
             first_bias=self.first_bias(onehot, 0),
-            layers=[layer.begin_sampling(onehot, canvas) for layer in self.layers],
+            layers=[layer.begin_sampling(onehot, canvas) for layer in self.blocks],
             head=_CachedHead(self.head, onehot))
 
     def step(self, state: PixelRNNSampling, i: int, j: int, c: int) -> Tensor:
@@ -366,11 +347,11 @@ class RowLSTM(_PixelRNN):
     for the mixture layout, as :class:`gentrain.nets.pixelcnn.PixelCNN`.
     """
 
-    layer = _RowLSTMLayer
+    block = _RowLSTMLayer
 
 
 class DiagonalBiLSTM(_PixelRNN):
     """PixelRNN's Diagonal BiLSTM: one layer already sees every earlier pixel (the whole
     context above and to the left), the paper's best model. Outputs as :class:`RowLSTM`."""
 
-    layer = _DiagonalBiLSTMLayer
+    block = _DiagonalBiLSTMLayer
