@@ -137,6 +137,25 @@ def test_drift_term_is_a_thousandth_of_the_mean_squared_real_score() -> None:
     assert torch.allclose(out["loss"], expected, atol=1e-5)
 
 
+def test_the_nonsaturating_game_with_r1_replaces_wgan_gp() -> None:
+    """loss=nonsaturating: softplus losses, R1 on the (faded) real images, no gradient penalty;
+    the drift term stays as configured."""
+    torch.manual_seed(0)
+    model = ProGAN(spec(), latent_dim=8, fmap_base=32, fmap_max=16, loss="nonsaturating",
+                   r1_weight=10.0)
+    model.lod = 0.5
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+    out = model.loss(batch, "discriminator")
+    assert "gradient_penalty" not in out
+    real = fade_reals(batch["image"], 16, 0.5).requires_grad_(True)
+    score = model.discriminator(real, 2, 0.5)
+    (grad,) = torch.autograd.grad(score.sum(), real)
+    r1 = grad.pow(2).flatten(1).sum(1).mean()
+    torch.testing.assert_close(out["r1_penalty"], r1, rtol=1e-4, atol=1e-6)
+    with pytest.raises(GentrainError, match="model.loss='hinged'"):
+        ProGAN(spec(), fmap_base=32, fmap_max=16, loss="hinged")
+
+
 def test_bad_data_and_batches_are_clear_errors() -> None:
     with pytest.raises(GentrainError, match="power of two"):
         ProGAN(spec(12, 12))

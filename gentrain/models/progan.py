@@ -12,7 +12,8 @@ fakes reused) with:
   blended with their 2x down-then-up-sampled copy at weight 1 - fade (the official
   ``process_reals``), so that real and fake images change alike during a fade;
 - WGAN-GP (λ = 10) plus the drift term ε·E[D(x_real)²], ε = 0.001, which keeps D's scores near
-  zero.
+  zero; ``loss`` and ``r1_weight`` choose another game of the shared step instead (StyleGAN's
+  non-saturating loss with R1 on this architecture, for example).
 
 Samples are always at the data's resolution: below it, G's output is nearest-upsampled, as the
 official G's output is; grids during training therefore show the low resolutions enlarged.
@@ -66,11 +67,13 @@ class ProGAN(AdversarialModel):
         fmap_max: int = 512,
         fmap_decay: float = 1.0,
         minibatch_std_group: int = 4,
+        loss: str = "wgan-gp",
         gp_weight: float = 10.0,
+        r1_weight: float = 0.0,
         drift_weight: float = 0.001,
     ) -> None:
         super().__init__(spec)
-        self.set_game("wgan-gp", gp_weight=gp_weight)
+        self.set_game(loss, gp_weight=gp_weight, r1_weight=r1_weight)
         require(fmap_base >= 1 and fmap_max >= 1,
                 f"model.fmap_base ({fmap_base}) and model.fmap_max ({fmap_max}) must be >= 1.")
         require(minibatch_std_group >= 1,
