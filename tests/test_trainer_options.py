@@ -34,6 +34,26 @@ def test_options_train_and_checkpoint(tmp_path: Path, options: list[str]) -> Non
     assert state["scalers"]["main"] != {} if fp16 else state["scalers"]["main"] == {}
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_precision_auto_trains_in_bf16_only_where_it_is_native(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    import gentrain.engine.device as device_module
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: native)
+    seen: list[bool] = []  # whether bf16 autocast was on during each training loss
+    loss = VAE.loss
+
+    def recording(self: VAE, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        seen.append(torch.is_autocast_enabled("cpu")
+                    and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAE, "loss", recording)
+    result = run_task(tmp_path, ["trainer.max_steps=1", "trainer.precision=auto"])
+    assert result["precision"] == ("bf16" if native else "32")
+    assert seen[0] is native
+
+
 def _deterministic_loss(model: VAE, images: torch.Tensor) -> torch.Tensor:
     """The mean over examples of a loss without the VAE's sampling noise (z = posterior mean)."""
     mu, logvar = model.encode(images, None)

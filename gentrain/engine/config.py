@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gentrain.errors import GentrainError
 
-PRECISIONS = ("32", "bf16", "16")
+PRECISIONS = ("32", "bf16", "16", "auto")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise GentrainError(
                 f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}. "
-                "Use 32 (full precision), bf16 (autocast to bfloat16) or 16 (fp16 with a "
-                "GradScaler)."
+                "Use 32 (full precision), bf16 (autocast to bfloat16), 16 (fp16 with a "
+                "GradScaler) or auto (bf16 where the hardware runs it natively, else 32)."
             )
         for key in ("grad_accum", "log_every", "sample_every", "ckpt_every",
                     "num_samples", "max_nonfinite", "eval_num_samples"):

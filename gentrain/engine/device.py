@@ -47,10 +47,29 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX-512 BF16 or AMX. Elsewhere bf16 autocast is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``trainer.precision`` with ``auto`` made concrete: bf16 where it is native, else 32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "32"
+
+
 def autocast_factory(
     device: torch.device, precision: str
 ) -> Callable[[], AbstractContextManager[object]]:
     """A function returning the autocast context for ``precision`` (a no-op for 32)."""
+    precision = resolve_precision(precision, device)
     if precision == "32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -30,7 +30,7 @@ from gentrain.data.core.batch import Batch
 from gentrain.data.core.seeding import derive_seed, generator_for
 from gentrain.engine import checkpoint as ckpt
 from gentrain.engine.config import TrainerConfig
-from gentrain.engine.device import autocast_factory
+from gentrain.engine.device import autocast_factory, resolve_precision
 from gentrain.engine.distributed import (
     DistEnv,
     all_reduce_max,
@@ -136,6 +136,12 @@ class Trainer:
                 f"trainer.clip_grad names phase(s) {', '.join(unknown)} that {model.family} does "
                 f"not have; its phases are {', '.join(p.name for p in model.phases)}."
             )
+        if config.precision == "auto":
+            config = dataclasses.replace(config, precision=resolve_precision("auto", device))
+            self.cfg = config
+            log.info("trainer.precision=auto: training in %s on %s (%s).",
+                     "bf16" if config.precision == "bf16" else "float32", device.type,
+                     "native bf16" if config.precision == "bf16" else "no native bf16")
         schedule = schedule_in_steps(family.schedule, steps_per_epoch)
         self.phases = [
             PhaseState(p, model, family.optim[p.name], schedule, config.max_steps,
