@@ -52,6 +52,7 @@ DDPM_FAST = [
     "model.schedule.warmup_steps=0",
     "model.ema.warmup=true",
     "trainer.eval_limit=8",
+    "trainer.precision=32",  # the recipe's auto is bf16 on some machines only
 ]
 
 torch.set_num_threads(1)  # tiny models: a second thread costs more than it gives

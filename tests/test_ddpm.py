@@ -124,7 +124,7 @@ def test_min_snr_gamma_weights_each_example_and_null_is_the_papers_loss() -> Non
     batch = {"image": torch.rand(8, 3, 16, 16) * 2 - 1}
     losses = {}
     for gamma in ("null", "5.0", "1e30"):
-        cfg = compose_config([*DDPM_FAST, f"model.min_snr_gamma={gamma}"])
+        cfg = compose_config([*DDPM_FAST, "model.target=eps", f"model.min_snr_gamma={gamma}"])
         torch.manual_seed(0)
         model = build_model(cfg.model, build_data(cfg.data).spec)
         torch.manual_seed(1)
