@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from autoregressive_causality import (
+    BATCH,
+    LEVELS,
+    MIXTURE_MAPS,
+    check_mixture_maps,
+    check_sub_pixel_outputs,
+    images,
+    input_grad,
+)
+from torch import nn
 
 from gentrain.nets.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNN
 
 NETS = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN}
-SIDE, BATCH, LEVELS, MIXTURE_MAPS = 8, 2, 4, 5
 POSITIONS = [(0, 3), (3, 0), (4, 5), (7, 7)]
 
 
@@ -28,56 +36,18 @@ def build(arch: str, channels: int, **kwargs: object) -> nn.Module:
     return NETS[arch](**args).double()
 
 
-def images(channels: int) -> Tensor:
-    return (torch.rand(BATCH, channels, SIDE, SIDE, dtype=torch.float64) * 2 - 1
-            ).requires_grad_()
-
-
-def input_grad(out: Tensor, x: Tensor) -> Tensor:
-    """d sum(out) / dx for example 0, (C, H, W); the other example's must be exactly zero.
-    The graph is kept: one forward pass serves every position and channel."""
-    (grad,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
-    assert (grad[1:] == 0).all(), "examples in a batch must not see each other"
-    return grad[0]
-
-
-def later(i: int, j: int) -> Tensor:
-    """(H, W) booleans: the pixels strictly after (i, j) in raster order."""
-    order = torch.arange(SIDE * SIDE).view(SIDE, SIDE)
-    return order > i * SIDE + j
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("arch", list(NETS))
 def test_sub_pixel_outputs_see_earlier_pixels_and_earlier_colours_only(arch: str,
                                                                         channels: int) -> None:
-    net = build(arch, channels)
-    x = images(channels)
-    out = net(x)
-    assert out.shape == (BATCH, channels, LEVELS, SIDE, SIDE)
-    for i, j in POSITIONS:
-        after = later(i, j)
-        for c in range(channels):
-            grad = input_grad(out[0, c, :, i, j], x)
-            assert (grad[:, after] == 0).all(), f"({i}, {j}) channel {c} sees a later pixel"
-            assert (grad[c:, i, j] == 0).all(), f"({i}, {j}) channel {c} sees itself or later"
-            assert (grad[:c, i, j] != 0).all(), f"({i}, {j}) channel {c} ignores earlier colours"
-            assert (grad[:, ~after] != 0).any(), f"({i}, {j}) channel {c} sees nothing"
+    check_sub_pixel_outputs(build(arch, channels), channels, POSITIONS)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("arch", list(NETS))
 def test_mixture_maps_see_strictly_earlier_pixels_only(arch: str, channels: int) -> None:
     net = build(arch, channels, out_per_channel=None, out_channels=MIXTURE_MAPS, hidden=10)
-    x = images(channels)
-    out = net(x)
-    assert out.shape == (BATCH, MIXTURE_MAPS, SIDE, SIDE)
-    for i, j in POSITIONS:
-        seen = ~later(i, j)
-        seen[i, j] = False
-        grad = input_grad(out[0, :, i, j], x)
-        assert (grad[:, ~seen] == 0).all(), f"({i}, {j}) sees itself or a later pixel"
-        assert (grad[:, seen] != 0).any(), f"({i}, {j}) sees nothing"
+    check_mixture_maps(net, channels, POSITIONS)
 
 
 def test_gated_net_sees_up_right_where_plain_pixelcnn_is_blind() -> None:

@@ -11,9 +11,20 @@ from typing import Any
 
 import pytest
 import torch
+from autoregressive_causality import (
+    BATCH,
+    LEVELS,
+    MIXTURE_MAPS,
+    SIDE,
+    check_mixture_maps,
+    check_sub_pixel_outputs,
+    images,
+    input_grad,
+    later,
+)
 from conftest import FAST_RUN, compose_config, run_task
 from test_resume import straight_and_resumed
-from torch import Tensor, nn
+from torch import nn
 
 from gentrain.data.core.batch import DataSpec
 from gentrain.engine.checkpoint import load_checkpoint
@@ -24,7 +35,6 @@ from gentrain.nets.cached_sampling import CachedSampling
 from gentrain.nets.pixelrnn import DiagonalBiLSTM, RowLSTM, skew, unskew
 
 NETS = {"row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM}
-SIDE, BATCH, LEVELS, MIXTURE_MAPS = 8, 2, 4, 5
 POSITIONS = [(0, 0), (0, 3), (3, 0), (4, 5), (7, 7)]
 PIXELRNN_FAST = [*FAST_RUN, "model=pixelrnn", "model.hidden=6", "model.layers=1",
                  "model.kernel_size=3", "model.grid_samples=2", "trainer.eval_limit=8",
@@ -45,55 +55,18 @@ def build(arch: str, channels: int, **kwargs: object) -> nn.Module:
     return NETS[arch](**args).double()
 
 
-def images(channels: int, side: int = SIDE) -> Tensor:
-    return (torch.rand(BATCH, channels, side, side, dtype=torch.float64) * 2 - 1
-            ).requires_grad_()
-
-
-def input_grad(out: Tensor, x: Tensor) -> Tensor:
-    """d sum(out) / dx for example 0, (C, H, W); the other example's must be exactly zero."""
-    (grad,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
-    assert (grad[1:] == 0).all(), "examples in a batch must not see each other"
-    return grad[0]
-
-
-def later(i: int, j: int, side: int = SIDE) -> Tensor:
-    """(H, W) booleans: the pixels strictly after (i, j) in raster order."""
-    return torch.arange(side * side).view(side, side) > i * side + j
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("arch", list(NETS))
 def test_sub_pixel_outputs_see_earlier_pixels_and_earlier_colours_only(arch: str,
                                                                         channels: int) -> None:
-    net = build(arch, channels)
-    x = images(channels)
-    out = net(x)
-    assert out.shape == (BATCH, channels, LEVELS, SIDE, SIDE)
-    for i, j in POSITIONS:
-        after = later(i, j)
-        for c in range(channels):
-            grad = input_grad(out[0, c, :, i, j], x)
-            assert (grad[:, after] == 0).all(), f"({i}, {j}) channel {c} sees a later pixel"
-            assert (grad[c:, i, j] == 0).all(), f"({i}, {j}) channel {c} sees itself or later"
-            assert (grad[:c, i, j] != 0).all(), f"({i}, {j}) channel {c} ignores earlier colours"
-            if (i, j) != (0, 0) or c:
-                assert (grad[:, ~after] != 0).any(), f"({i}, {j}) channel {c} sees nothing"
+    check_sub_pixel_outputs(build(arch, channels), channels, POSITIONS)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("arch", list(NETS))
 def test_mixture_maps_see_strictly_earlier_pixels_only(arch: str, channels: int) -> None:
     net = build(arch, channels, out_per_channel=None, out_channels=MIXTURE_MAPS, hidden=5)
-    x = images(channels)
-    out = net(x)
-    assert out.shape == (BATCH, MIXTURE_MAPS, SIDE, SIDE)
-    for i, j in POSITIONS[1:]:
-        seen = ~later(i, j)
-        seen[i, j] = False
-        grad = input_grad(out[0, :, i, j], x)
-        assert (grad[:, ~seen] == 0).all(), f"({i}, {j}) sees itself or a later pixel"
-        assert (grad[:, seen] != 0).any(), f"({i}, {j}) sees nothing"
+    check_mixture_maps(net, channels, POSITIONS)
 
 
 def test_one_diagonal_bilstm_layer_sees_the_past_and_a_row_lstm_a_triangle() -> None:
