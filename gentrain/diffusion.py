@@ -152,8 +152,9 @@ class Diffusion:
         dominate the gradient: the paper trains several times faster to the same FID.
         """
         snr = self.coef("snr", t, like)
-        per_target = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.target]
-        return snr.clamp(max=gamma) / per_target
+        if self.target == "x0":
+            return snr.clamp(max=gamma)
+        return snr.clamp(max=gamma) / (snr if self.target == "eps" else snr + 1)
 
     # -- the reverse process -----------------------------------------------------------------
 

@@ -139,9 +139,8 @@ class Trainer:
         if config.precision == "auto":
             config = dataclasses.replace(config, precision=resolve_precision("auto", device))
             self.cfg = config
-            log.info("trainer.precision=auto: training in %s on %s (%s).",
-                     "bf16" if config.precision == "bf16" else "float32", device.type,
-                     "native bf16" if config.precision == "bf16" else "no native bf16")
+            log.info("trainer.precision=auto: training in %s on %s.", config.precision,
+                     device.type)
         schedule = schedule_in_steps(family.schedule, steps_per_epoch)
         self.phases = [
             PhaseState(p, model, family.optim[p.name], schedule, config.max_steps,
