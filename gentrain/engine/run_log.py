@@ -41,6 +41,8 @@ class RunLog:
         if not self.enabled:
             return None
         image = make_grid(to_unit(grid.images), nrow=grid.nrow, padding=2)
+        if grid.titles:
+            image = with_row_titles(image, grid.titles, grid.images.shape[-2])
         path = self.samples_dir / f"{name}_{step:08d}.png"
         save_image(image, path)
         if self._writer is not None:
@@ -65,6 +67,26 @@ class RunLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def with_row_titles(image: torch.Tensor, titles: tuple[str, ...], row_height: int,
+                    padding: int = 2) -> torch.Tensor:
+    """A (3, H, W) grid in [0, 1] with a white strip on its left holding each row's title,
+    level with the row (PIL's built-in font: no font file needed)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = int(max(measure.textlength(t, font=font) for t in titles)) + 2 * padding + 2
+    strip = Image.new("RGB", (width, image.shape[1]), "white")
+    draw = ImageDraw.Draw(strip)
+    step = row_height + padding
+    for row, title in enumerate(titles):
+        top = padding + row * step + max(0, (row_height - 11) // 2)
+        draw.text((padding, top), title, fill="black", font=font)
+    pixels = torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8)
+    text = pixels.view(image.shape[1], width, 3).permute(2, 0, 1).float() / 255
+    return torch.cat([text, image], dim=2)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

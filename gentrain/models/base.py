@@ -97,10 +97,12 @@ class StepContext:
 
 @dataclass(frozen=True)
 class Grid:
-    """Images in [-1, 1] to show as one grid, ``nrow`` images per row."""
+    """Images in [-1, 1] to show as one grid, ``nrow`` images per row; ``titles``, when given,
+    is one text per row, written to its left (a caption-conditioned row's caption)."""
 
     images: Tensor
     nrow: int
+    titles: tuple[str, ...] = ()
 
 
 class GenerativeModel(nn.Module):

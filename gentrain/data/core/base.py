@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from gentrain.data.core.batch import Batch, DataSpec
-from gentrain.data.core.transforms import BatchTransform, compose
+from gentrain.data.core.transforms import BatchTransform, choose_caption, compose
 from gentrain.errors import GentrainError
 
 T = TypeVar("T")
@@ -134,10 +134,16 @@ class SplitDataModule(DataModule):
         return pick_split(self.splits, name, self.spec.name)
 
     def train_transform(self) -> BatchTransform:
-        return compose([*self.train_transforms, *self.transforms])
+        return compose([*self.train_transforms, *self.transforms,
+                        *self._caption_choice(at_random=True)])
 
     def eval_transform(self) -> BatchTransform:
-        return compose([*self.eval_transforms, *self.transforms])
+        return compose([*self.eval_transforms, *self.transforms,
+                        *self._caption_choice(at_random=False)])
+
+    def _caption_choice(self, at_random: bool) -> list[BatchTransform]:
+        """Captioned data carries every caption of an image; batches carry one."""
+        return [choose_caption(at_random)] if self.spec.captioned else []
 
 
 def eval_index_batches(

@@ -9,6 +9,9 @@ A batch is a plain dict of tensors on the training device:
 - ``boxes``, ``patches``, ``mask``, ``shuffled`` (with ``data.patches``): K key boxes
   (B, K, 4) as (x, y, w, h) pixels, their crops (B, K, C, H, W), their union (B, 1, H, W)
   and another real image (B, C, H, W); see gentrain.data.pairs.patches.
+- ``caption`` (captioned data): long (B, L) token ids of one caption per image, 0-padded
+  (gentrain.text.tokenizer); datasets hold all K captions of an image as ``captions``
+  (B, K, L) until :func:`gentrain.data.core.transforms.choose_caption` picks one.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class DataSpec:
     has_label_map: bool = False
     unpaired: bool = False  # ``source`` and ``image`` come from two domains, not aligned pairs
     patches: int = 0  # K key patches per example (``data.patches``), 0: none
+    vocabulary: tuple[str, ...] = ()  # captioned data: the tokenizer's words (model state)
+    caption_length: int = 0  # tokens per caption
 
     @property
     def dims(self) -> int:
@@ -53,6 +58,10 @@ class DataSpec:
     @property
     def paired(self) -> bool:
         return self.source_channels > 0
+
+    @property
+    def captioned(self) -> bool:
+        return bool(self.vocabulary)
 
 
 def spec_from_dict(values: dict[str, object]) -> DataSpec:

@@ -33,14 +33,16 @@ Prepare = Callable[[Path], dict[str, Tensor]]
 
 class FileDataset(Dataset[dict[str, Tensor]]):
     """One example per file: ``prepare(path)`` gives uint8 ``image`` (and maybe ``source``);
-    ``labels`` are per-file class indices or attribute vectors; ``edges`` replaces the source
-    with the cached edge drawing of the image."""
+    ``labels`` are per-file class indices or attribute vectors; ``captions`` (N, K, L) the
+    token ids of each file's K captions; ``edges`` replaces the source with the cached edge
+    drawing of the image."""
 
     def __init__(
         self, files: list[Path], prepare: Prepare, labels: Tensor | None = None,
-        edges: FileEdgeCache | None = None,
+        edges: FileEdgeCache | None = None, captions: Tensor | None = None,
     ) -> None:
         self.files, self.prepare, self.labels, self.edges = files, prepare, labels, edges
+        self.captions = captions
 
     def __len__(self) -> int:
         return len(self.files)
@@ -52,6 +54,8 @@ class FileDataset(Dataset[dict[str, Tensor]]):
             sample["source"] = self.edges.get(path, sample["image"])
         if self.labels is not None:
             sample["label"] = self.labels[index]
+        if self.captions is not None:
+            sample["captions"] = self.captions[index]
         return sample
 
 

@@ -31,6 +31,7 @@ class TensorSplit:
     labels: Tensor | None = None
     label_maps: Tensor | None = None
     sources: Tensor | None = None  # uint8 (N, Cs, H, W) when pairs are precomputed
+    captions: Tensor | None = None  # long (N, K, L): K captions' token ids per image
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -39,7 +40,7 @@ class TensorSplit:
         return TensorSplit(*(t.to(device) if t is not None else None for t in self.fields()))
 
     def fields(self) -> tuple[Tensor | None, ...]:
-        return (self.images, self.labels, self.label_maps, self.sources)
+        return (self.images, self.labels, self.label_maps, self.sources, self.captions)
 
     def batch(self, index: Tensor) -> Batch:
         """Examples at ``index`` in the batch format, pixel values scaled to [-1, 1]."""
@@ -50,6 +51,8 @@ class TensorSplit:
             out["label_map"] = self.label_maps[index].long()
         if self.sources is not None:
             out["source"] = self.sources[index].float() / 127.5 - 1
+        if self.captions is not None:
+            out["captions"] = self.captions[index]
         return out
 
 

@@ -47,6 +47,26 @@ def random_hflip(batch: Batch, generator: torch.Generator) -> Batch:
     return out
 
 
+def choose_caption(at_random: bool) -> BatchTransform:
+    """Turn ``captions`` (B, K, L), every caption of each image, into ``caption`` (B, L): one
+    drawn at random per image while training (each sighting of an image may bring another
+    phrasing), caption 0 in eval passes so that held-out grids and metrics stay fixed."""
+
+    def apply(batch: Batch, generator: torch.Generator) -> Batch:
+        out = dict(batch)
+        captions = out.pop("captions")
+        count = captions.shape[1]
+        if at_random and count > 1:
+            pick = torch.randint(count, (captions.shape[0],), generator=generator,
+                                 device=captions.device)
+        else:
+            pick = torch.zeros(captions.shape[0], dtype=torch.long, device=captions.device)
+        out["caption"] = captions[torch.arange(captions.shape[0], device=captions.device), pick]
+        return out
+
+    return apply
+
+
 def dynamic_binarize(batch: Batch, generator: torch.Generator) -> Batch:
     """Resample binary pixels with P(1) = intensity each time an image is seen.
 

@@ -8,6 +8,9 @@ trains anywhere without a download. Exact per-pixel label maps make it a labelsâ
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +24,7 @@ from gentrain.data.core.transforms import random_hflip
 from gentrain.data.pairs.tasks import pair_tensor_module, parse_pair
 from gentrain.data.pairs.unpaired import UnpairedDataModule, unpaired_classes
 from gentrain.data.storage.roots import cache_dir, resolve_root
-from gentrain.errors import require
+from gentrain.errors import GentrainError, require
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 # data.labels=attributes: the shape's colour family (one of three, from its hue) and whether
@@ -78,23 +81,34 @@ def _attribute_colours(n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tens
     return fg, bg, attributes.float()
 
 
-def render_shapes(
-    n: int, resolution: int, channels: int, seed: int, attributes: bool = False,
-    centred: bool = False,
-) -> TensorSplit:
-    """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps;
-    with ``attributes`` the labels are the float (n, 4) :data:`ATTRIBUTE_NAMES` instead and
-    the colours follow them (the class-labelled images stay exactly as they were); with
-    ``centred`` every shape sits at the centre (aligned, as faces in CelebA), all else equal."""
+@dataclass
+class ShapeDraws:
+    """What was drawn for each of n images: class, size and centre (fractions of the side),
+    colours, and the named colour scheme's attributes (None in the free scheme)."""
+
+    labels: Tensor
+    size: Tensor
+    centre: Tensor
+    fg: Tensor
+    bg: Tensor
+    attributes: Tensor | None
+
+
+def draw_shapes(n: int, channels: int, seed: int, named_colours: bool = False,
+                centred: bool = False) -> ShapeDraws:
+    """The random parameters of ``n`` images; ``named_colours`` takes the attributes' scheme
+    (red, green or blue shapes on light or dark grounds) instead of free colours."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_NAMES), (n,), generator=g)
     size = 0.18 + 0.17 * torch.rand(n, generator=g)
     centre = size[:, None] + (1 - 2 * size[:, None]) * torch.rand(n, 2, generator=g)
     if centred:  # after the draw, so that every other draw stays the same
         centre = torch.full_like(centre, 0.5)
-    if attributes:
-        require(channels == 3, "data.labels=attributes names colours: use data.channels=3.")
-        fg, bg, attribute_labels = _attribute_colours(n, g)
+    attributes = None
+    if named_colours:
+        require(channels == 3, "data.labels=attributes and data.captions=true name colours: "
+                "use data.channels=3.")
+        fg, bg, attributes = _attribute_colours(n, g)
     else:
         # A vivid shape on a dark, muted background: brightness differs by at least 0.45, so
         # every shape is visible, in colour and in grey, and colour stays a few smooth factors
@@ -104,8 +118,22 @@ def render_shapes(
         fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g),
                          fg_value)
         bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.5 * torch.rand(n, generator=g), bg_value)
-    if channels == 1:  # grey images show the value (brightness) of the same colours
-        fg, bg = fg_value[:, None], bg_value[:, None]
+        if channels == 1:  # grey images show the value (brightness) of the same colours
+            fg, bg = fg_value[:, None], bg_value[:, None]
+    return ShapeDraws(labels, size, centre, fg, bg, attributes)
+
+
+def render_shapes(
+    n: int, resolution: int, channels: int, seed: int, attributes: bool = False,
+    centred: bool = False, named_colours: bool = False,
+) -> TensorSplit:
+    """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps;
+    with ``attributes`` the labels are the float (n, 4) :data:`ATTRIBUTE_NAMES` instead, and
+    the colours follow them, as they do with ``named_colours`` (captions) whatever the labels
+    (the free-colour images stay exactly as they were); with ``centred`` every shape sits at
+    the centre (aligned, as faces in CelebA), all else equal."""
+    drawn = draw_shapes(n, channels, seed, attributes or named_colours, centred)
+    labels, size, centre, fg, bg = drawn.labels, drawn.size, drawn.centre, drawn.fg, drawn.bg
 
     side = resolution * SUPERSAMPLE
     grid = (torch.arange(side) + 0.5) / side
@@ -123,8 +151,35 @@ def render_shapes(
         coverage = F.avg_pool2d(inside, SUPERSAMPLE)[:, 0]
         label_maps.append((coverage >= 0.5) * (labels[sl, None, None] + 1))
     pixels = (torch.cat(images) * 255).round().clamp(0, 255).to(torch.uint8)
-    return TensorSplit(pixels, attribute_labels if attributes else labels,
+    return TensorSplit(pixels, drawn.attributes if attributes else labels,
                        torch.cat(label_maps).to(torch.uint8))
+
+
+def _captioned(splits: dict[str, TensorSplit], spec: DataSpec, channels: int, seed: int,
+               centred: bool, holdout: Sequence[str], caption_length: int
+               ) -> tuple[dict[str, TensorSplit], DataSpec]:
+    """The splits with every image's captions as token ids, the held-out pairs dropped from
+    the training split, and the spec with the tokenizer built from the training captions."""
+    from gentrain.data.datasets.shape_captions import held_out, parse_holdout, shape_captions
+    from gentrain.text.tokenizer import WordTokenizer
+
+    pairs = parse_holdout(holdout)
+    texts = {}
+    for split, data in splits.items():
+        drawn = draw_shapes(len(data), channels, derive_seed(seed, split), True, centred)
+        captions = shape_captions(drawn)
+        if split == "train" and pairs:
+            keep = ~held_out(drawn, pairs)
+            require(bool(keep.any()), "data.caption_holdout leaves no training image.")
+            data = TensorSplit(*(t[keep] if t is not None else None for t in data.fields()))
+            captions = [c for c, kept in zip(captions, keep.tolist(), strict=True) if kept]
+        splits[split], texts[split] = data, captions
+    tokenizer = WordTokenizer.build((t for c in texts["train"] for t in c), caption_length)
+    splits = {split: dataclasses.replace(
+        data, captions=tokenizer.encode([t for c in texts[split] for t in c]).view(
+            len(data), -1, caption_length)) for split, data in splits.items()}
+    return splits, dataclasses.replace(spec, vocabulary=tokenizer.vocabulary,
+                                       caption_length=caption_length)
 
 
 def shapes(
@@ -133,13 +188,17 @@ def shapes(
     pair: str | dict[str, Any] | None = None, labels: str = "class",
     unpaired: str | None = None,  # "circle:square": two classes as unpaired domains A, B
     centred: bool = False,  # every shape at the centre (aligned objects, as for Puzzle-GAN)
+    captions: bool = False, caption_holdout: Sequence[str] = (), caption_length: int = 16,
 ) -> TensorDataModule | UnpairedDataModule:
     """The shapes dataset as a :class:`TensorDataModule` (train and test splits).
 
     ``pair`` makes it an image-to-image task (see pairs.py); ``pair=labels`` uses the exact
     label maps; an edge cache goes under the default data root. The argument ``labels`` is
     ``class`` (the shape) or ``attributes`` (:data:`ATTRIBUTE_NAMES`, float {0, 1}, for
-    attribute translators such as StarGAN).
+    attribute translators such as StarGAN). ``captions`` adds five phrasings per image (see
+    shape_captions.py) and the tokenizer built from the training split's; the shape-colour
+    pairs of ``caption_holdout`` ("green triangle") leave the training split. Captions name
+    left and right, so captioned images are never flipped.
     """
     require(channels in (1, 3), f"data.channels must be 1 or 3 for shapes, not {channels}.")
     require(resolution >= 8, f"data.resolution must be at least 8 for shapes, not {resolution}.")
@@ -156,14 +215,19 @@ def shapes(
         class_names=names, has_label_map=True,
     )
     splits = {
-        "train": render_shapes(num_train, resolution, channels, derive_seed(seed, "train"),
-                               attributes, centred),
-        "test": render_shapes(num_test, resolution, channels, derive_seed(seed, "test"),
-                              attributes, centred),
+        split: render_shapes(n, resolution, channels, derive_seed(seed, split), attributes,
+                             centred, named_colours=captions)
+        for split, n in (("train", num_train), ("test", num_test))
     }
+    if captions:
+        splits, spec = _captioned(splits, spec, channels, seed, centred, caption_holdout,
+                                  caption_length)
+    elif caption_holdout:
+        raise GentrainError("data.caption_holdout holds shape-colour pairs out of the "
+                            "captions: set data.captions=true too, or leave it empty.")
     module = TensorDataModule(
         spec=spec, splits=splits, batch_size=batch_size,
-        train_transforms=[random_hflip] if hflip else [],
+        train_transforms=[random_hflip] if hflip and not captions else [],
     )
     module = pair_tensor_module(task, module, cache_dir(resolve_root(None)))
     return module if unpaired is None else unpaired_classes(module, unpaired)

@@ -268,7 +268,7 @@ class BoxedFileDataset(FileDataset):
     """A :class:`FileDataset` whose examples carry (K, 4) ``boxes``."""
 
     def __init__(self, data: FileDataset, boxes: Tensor) -> None:
-        super().__init__(data.files, data.prepare, data.labels, data.edges)
+        super().__init__(data.files, data.prepare, data.labels, data.edges, data.captions)
         self.boxes = boxes
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:

@@ -195,7 +195,8 @@ def pair_file_module(
         for name, data in module.splits.items():
             key = settings_key(plan.edges, module.spec.name, repr(data.prepare))
             edges = FileEdgeCache(cache_dir / f"edges-{module.spec.name}-{key}", plan.edges)
-            splits[name] = FileDataset(data.files, data.prepare, data.labels, edges)
+            splits[name] = FileDataset(data.files, data.prepare, data.labels, edges,
+                                        data.captions)
     return dataclasses.replace(
         module, spec=plan.spec, splits=splits, transforms=_with_transform(module.transforms, plan)
     )

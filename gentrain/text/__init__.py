@@ -1,0 +1,1 @@
+"""Captions as a modality: the word tokenizer whose vocabulary is model state."""
