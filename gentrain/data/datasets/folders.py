@@ -1,4 +1,5 @@
-"""Any folder of images (class labels from subfolders), and edges2cats built from cat photos.
+"""Any folder of images (class labels from subfolders, captions from sidecar NAME.txt files),
+and edges2cats built from cat photos.
 
 edges2cats was never published as a download: pix2pix trained it on about 2k cat photos with
 automatically detected edges. Here it is a folder of cat photos with ``pair: edges``: the edge
@@ -17,6 +18,12 @@ from gentrain.data.core.file_data import FileDataModule, FileDataset
 from gentrain.data.core.images import SquareImage, list_images
 from gentrain.data.core.seeding import derive_seed
 from gentrain.data.core.transforms import augmentation
+from gentrain.data.datasets.captions import (
+    CaptionSettings,
+    captioned,
+    read_caption_file,
+    tokenize_splits,
+)
 from gentrain.data.pairs.tasks import pair_file_module, parse_pair
 from gentrain.data.storage.roots import cache_dir, resolve_root
 from gentrain.errors import GentrainError, require
@@ -40,12 +47,34 @@ def class_names_of(files: list[Path], folder: Path) -> tuple[str, ...]:
     return names if len(names) >= 2 else ()
 
 
+def sidecar(image: Path) -> Path:
+    """Where an image's captions live: ``NAME.txt`` next to ``NAME.jpg`` (the convention of
+    the common fine-tuning tools; one caption per line)."""
+    return image.with_suffix(".txt")
+
+
+def sidecar_captions(files: list[Path]) -> list[list[str]]:
+    """Every image's captions from its sidecar file; one error for all missing files."""
+    missing = [p for p in files if not sidecar(p).is_file()]
+    if missing:
+        raise GentrainError(
+            f"data.captions=true reads each image's captions from NAME.txt next to it, and "
+            f"{len(missing)} of the {len(files)} images have none: the first is "
+            f"{sidecar(missing[0])}, for {missing[0].name}. Write each image's caption in its "
+            "NAME.txt (several lines for several captions), or set data.captions=false."
+        )
+    fix = ("Write the image's caption in it (several lines for several captions), or remove "
+           "the image and its caption file.")
+    return [read_caption_file(sidecar(p), fix) for p in files]
+
+
 def image_folder(
     *, name: str, folder: Path, batch_size: int, resolution: int, channels: int,
     holdout: float, load_size: int | None, hflip: bool, num_workers: int, base: Path,
-    pair: str | dict[str, Any] | None, hint: str,
+    pair: str | dict[str, Any] | None, hint: str, captions: CaptionSettings | None = None,
 ) -> FileDataModule:
-    """The shared builder behind ``folder`` and ``edges2cats``."""
+    """The shared builder behind ``folder`` and ``edges2cats``; with ``captions`` every image
+    brings its sidecar captions and the tokenizer of the training split's goes in the spec."""
     require(channels in (1, 3), f"data.channels must be 1 or 3, not {channels}.")
     require(0 <= holdout < 1, f"data.holdout must be in [0, 1), not {holdout}.")
     task = parse_pair(pair)
@@ -57,16 +86,22 @@ def image_folder(
         )
     classes = class_names_of(files, folder)
     prepare = SquareImage(resolution, channels=channels)
+    chosen = holdout_split(files, folder, holdout)
+    tokens, tokenizer = (None, None) if captions is None else tokenize_splits(
+        {split: sidecar_captions(paths) for split, paths in chosen.items()}, captions)
     splits = {}
-    for split, chosen in holdout_split(files, folder, holdout).items():
+    for split, paths in chosen.items():
         labels = None
         if classes:
-            labels = torch.tensor([classes.index(p.relative_to(folder).parts[0]) for p in chosen])
-        splits[split] = FileDataset(chosen, prepare, labels)
+            labels = torch.tensor([classes.index(p.relative_to(folder).parts[0]) for p in paths])
+        splits[split] = FileDataset(paths, prepare, labels,
+                                    captions=None if tokens is None else tokens[split])
     spec = DataSpec(
         name=name, channels=channels, height=resolution, width=resolution,
         label_kind="class" if classes else None, num_classes=len(classes), class_names=classes,
     )
+    if tokenizer is not None:
+        spec = captioned(spec, tokenizer)
     module = FileDataModule(
         spec=spec, splits=splits, batch_size=batch_size, num_workers=num_workers,
         held_out="test" if splits["test"] else "train",
@@ -79,9 +114,13 @@ def folder(
     *, batch_size: int, path: str | None = None, root: str | None = None,
     resolution: int = 64, channels: int = 3, holdout: float = 0.05,
     load_size: int | None = None, hflip: bool = True, num_workers: int = 2,
-    pair: str | dict[str, Any] | None = None,
+    pair: str | dict[str, Any] | None = None, captions: bool = False,
+    caption_length: int = 32, min_word_count: int = 1,
 ) -> FileDataModule:
-    """Images under ``path`` (recursive), centre-cropped and resized; ``root`` holds caches."""
+    """Images under ``path`` (recursive), centre-cropped and resized; ``root`` holds caches.
+    ``captions`` reads each image's captions from ``NAME.txt`` beside it (see
+    :func:`sidecar`): ``caption_length`` tokens each, the vocabulary the training split's
+    words seen at least ``min_word_count`` times."""
     require(path is not None, "data=folder needs the images' location: data.path=/path/to/images.")
     images = Path(path).expanduser().resolve()  # type: ignore[arg-type]
     return image_folder(
@@ -90,6 +129,7 @@ def folder(
         num_workers=num_workers, base=resolve_root(root), pair=pair,
         hint="Put the images (JPEG, PNG, ...; first-level subfolders become class labels) "
         "there, or set data.path to the folder that holds them.",
+        captions=CaptionSettings(caption_length, min_word_count) if captions else None,
     )
 
 
