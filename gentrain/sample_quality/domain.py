@@ -7,9 +7,10 @@ FID; the formulas are torch-fidelity's. The judge's predictions add the class ch
 :mod:`gentrain.sample_quality.classes`, chosen by what the model conditions on: nothing
 (histogram, modes, confident share), class labels (+ consistency, within-class FD), an image
 (a translator: target accuracy), an image and target attributes (StarGAN: per-attribute target
-accuracy and, with a class judge, content kept). Each distance comes with its real-versus-real
-value at the same count (held-out real images against the reference), so a reader knows what
-"good" is on this scale.
+accuracy and, with a class judge, content kept), captions of shapes (prompt following, see
+:mod:`gentrain.sample_quality.prompts`). Each distance comes with its real-versus-real value at
+the same count (held-out real images against the reference), so a reader knows what "good" is
+on this scale.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gentrain.data.core.base import DataModule
+from gentrain.data.core.batch import Batch
 from gentrain.data.core.seeding import derive_seed, generator_for
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
@@ -38,6 +40,7 @@ from gentrain.sample_quality.judge import (
     obtain_judge,
 )
 from gentrain.sample_quality.pixels import border_brightness, wasserstein_1d
+from gentrain.sample_quality.prompts import PromptChecks, require_captions, with_model_words
 from gentrain.sample_quality.statistics import (
     frechet_distance,
     gather_all_rows,
@@ -60,6 +63,8 @@ class Judged:
     content: list[Tensor] = field(default_factory=list)  # class judge: [input, output] classes
     codes: list[Tensor] = field(default_factory=list)  # the sampler's discrete code
     border: list[Tensor] = field(default_factory=list)  # each image's border brightness
+    prompts: list[Tensor] = field(default_factory=list)  # prompt rows of the reference captions
+    heldout_prompts: list[Tensor] = field(default_factory=list)  # ... of held-out pairs' captions
 
     translator: bool = False  # the model's condition holds an image
 
@@ -95,6 +100,9 @@ class DomainQuality:
         if self.judge.info.label_kind == "attributes" and "labels" in data_cfg:
             self.content_judge = obtain_judge(judge_data_config(data_cfg, "class"),
                                               judge_settings, device, rank=rank)
+        # Captions of shapes name a shape and a colour: the class and attribute judges check both.
+        self.prompts = (PromptChecks.for_data(data, data_cfg, judge_settings, device, rank)
+                        if "classes" in metrics else None)
         self._reference: dict[str, dict[str, Tensor]] = {}
 
     @property
@@ -137,17 +145,23 @@ class DomainQuality:
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """``eval/<metric>_domain`` values and the protocol, the same on every rank."""
+        require_captions(model.spec, self.data.spec)
         key = model.reference_images
         real = self.reference(key, self.reference_split, rank=rank, world_size=world_size,
                               progress=progress)
         total = num_samples or self.num_samples
-        fake = self._judge_samples(model, total, rank, world_size, progress, autocast)
+        prompts = self.prompts if model.spec.captioned else None
+        held_total = prompts.heldout_count(total) if prompts is not None else 0
+        fake = self._judge_samples(model, total - held_total, rank, world_size, progress,
+                                   autocast, prompts, held_total)
         heldout_split = self.data.eval_split
         heldout = self.reference(key, heldout_split, rank=rank, world_size=world_size,
                                  progress=progress)
         out = self._distances(real, fake, heldout)
         if "classes" in self.metrics:
             out.update(self._class_checks(real, fake, heldout))
+        if prompts is not None:
+            out.update(prompts.metrics(fake.get("prompts"), fake.get("heldout_prompts")))
         protocol = {**self.judge.info.describe(), "extractor": "domain judge",
                     "comparable_to_published": False, "metrics": list(self.metrics),
                     "num_generated": int(fake["pool"].shape[0]),
@@ -160,36 +174,55 @@ class DomainQuality:
                     "implementation": "torch-fidelity formulas on the judge's features"}
         if self.content_judge is not None:
             protocol["content_judge"] = self.content_judge.info.describe()
+        if prompts is not None:
+            protocol["prompts"] = prompts.describe(self.reference_split,
+                                                   int(fake["pool"].shape[0]), held_total)
         return {f"eval/{k}": v for k, v in out.items()}, protocol
 
+    def _draw(self, model: GenerativeModel, batch: Batch, generator: torch.Generator,
+              autocast: Callable[[], Any]) -> tuple[Tensor, Tensor | None, Batch | None]:
+        """Samples for ``batch``'s conditions (captions in the model's own words), their
+        codes and the condition."""
+        cond = model.condition(with_model_words(batch, self.data.spec, model.spec))
+        with autocast():
+            images, codes = model.sample_with_codes(batch["image"].shape[0], cond, generator)
+        return images.float(), codes, cond
+
     def _judge_samples(self, model: GenerativeModel, total: int, rank: int, world_size: int,
-                       progress: bool, autocast: Callable[[], Any]) -> dict[str, Tensor]:
+                       progress: bool, autocast: Callable[[], Any],
+                       prompts: PromptChecks | None = None,
+                       held_total: int = 0) -> dict[str, Tensor]:
+        """Judge outputs of ``total`` samples for the reference split's conditions, and with
+        ``prompts`` the prompt rows of those and of ``held_total`` more for held-out pairs."""
         share = sample_share(total, rank, world_size)
+        held_share = sample_share(held_total, rank, world_size)
         judged = Judged()
         generator = generator_for(self.device, self.seed, "sample_quality", rank)
         was_training = model.training
         model.eval()
-        bar = tqdm(total=share, desc="judging samples", unit="img", leave=False,
+        bar = tqdm(total=share + held_share, desc="judging samples", unit="img", leave=False,
                    disable=not progress)
         for batch in reference_conditions(self.data, self.reference_split, share, self.batch_size,
                                           self.device, rank, world_size):
             n = batch["image"].shape[0]
-            cond = model.condition(batch)
+            images, codes, cond = self._draw(model, batch, generator, autocast)
             judged.translator = cond is not None and ("image" in cond or "source" in cond)
-            with autocast():
-                images, codes = model.sample_with_codes(n, cond, generator)
-            pixels = to_uint8_rgb(images.float())
+            pixels = to_uint8_rgb(images)
             out = self.judge(pixels)
             judged.pool.append(out["pool"])
             judged.logits.append(out["logits"])
             judged.border.append(border_brightness(pixels))
             if codes is not None:
                 judged.codes.append(codes)
-            if cond is not None and "label" in cond:
+            if prompts is not None:  # judged against what the caption asks for instead
+                judged.prompts.append(prompts.rows(pixels, to_uint8_rgb(batch["image"]),
+                                                   batch["caption"]))
+            elif cond is not None and "label" in cond:
                 judged.wanted.append(cond["label"])
             elif cond is not None and model.reference_images in batch:
-                # A translator without targets: its output should be judged like the real
-                # image of the same example (paired data) or like the target domain.
+                # A translator without targets (or a caption model on data without a judge of
+                # captions): its output should be judged like the real image of the same
+                # example (paired data, a caption's image) or like the target domain.
                 real = self.judge(to_uint8_rgb(batch[model.reference_images]))["logits"]
                 judged.wanted.append(self.judge.predict(real))
             if self.content_judge is not None and cond is not None:
@@ -200,10 +233,19 @@ class DomainQuality:
                     judged.content.append(torch.stack(
                         [before.argmax(1), after.argmax(1)], dim=1))
             bar.update(n)
+        if prompts is not None:
+            held_generator = generator_for(self.device, self.seed, "held-out prompts", rank)
+            for batch in prompts.heldout_conditions(held_total, rank, world_size,
+                                                    self.batch_size, self.device):
+                images, _, _ = self._draw(model, batch, held_generator, autocast)
+                judged.heldout_prompts.append(prompts.rows(
+                    to_uint8_rgb(images), to_uint8_rgb(batch["image"]), batch["caption"]))
+                bar.update(images.shape[0])
         bar.close()
         model.train(was_training)
         result = {name: judged.gathered(name, self.device)
-                  for name in ("pool", "logits", "wanted", "content", "codes", "border")}
+                  for name in ("pool", "logits", "wanted", "content", "codes", "border",
+                               "prompts", "heldout_prompts")}
         kept = {k: v for k, v in result.items() if v is not None}
         kept["translator"] = torch.tensor(judged.translator)
         return kept

@@ -187,12 +187,15 @@ def judge_data_config(data_cfg: DictConfig, label_kind: str | None = None) -> Di
     """The labelled dataset behind ``data_cfg``: translation keys (``pair``, ``unpaired``)
     cleared and ``patches`` dropped, so a judge of shapes serves pix2pix, CycleGAN and
     Puzzle-GAN on shapes too; ``label_kind`` asks for class labels or attributes where the
-    dataset offers both (shapes' ``labels``)."""
+    dataset offers both (shapes' ``labels``). Shape-colour pairs held out of the training
+    captions come back: the judge measures every pair, most of all those a model never saw."""
     cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
     for key in TASK_KEYS:
         if key in cfg:
             cfg[key] = None
     cfg.pop("patches", None)  # key patches (Puzzle-GAN) change no image or label
+    if "caption_holdout" in cfg:
+        cfg.caption_holdout = []
     if label_kind is not None and "labels" in cfg:
         cfg.labels = label_kind
     return cfg
