@@ -1,9 +1,11 @@
 """The DDPM U-Net (Ho et al. 2020, the CIFAR-10 model of diffusion_tf/models/unet.py).
 
-A noise-prediction network ``(x_t, t[, label]) -> output`` of x_t's shape: residual blocks that
-add a projection of the timestep embedding, self-attention at chosen feature resolutions, and
-a down path whose every output is a skip for the up path. The diffusion schedule lives in
-:mod:`gentrain.diffusion`; this module knows nothing about noise levels beyond the integer t.
+A noise-prediction network ``(x_t, t[, label | context]) -> output`` of x_t's shape: residual
+blocks that add a projection of the timestep embedding, self-attention at chosen feature
+resolutions, and a down path whose every output is a skip for the up path. A caption-conditional
+net (``context_dim > 0``) also cross-attends to the caption's token embeddings after each of
+those self-attentions, as latent diffusion's transformer blocks do. The diffusion schedule lives
+in :mod:`gentrain.diffusion`; this module knows nothing about noise levels beyond the integer t.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from gentrain.errors import require
 from gentrain.nets.conv import padding
 
 MAX_GROUPS = 32  # GroupNorm groups of the paper; narrower test nets use gcd(32, width)
+
+#: A caption's encoding, as gentrain.nets.text.TextEncoder returns it: pooled (B, D), per-token
+#: (B, L, D) and the key padding mask (B, L), True at padding.
+TextContext = tuple[Tensor, Tensor, Tensor]
 
 
 def default_channel_mult(resolution: int) -> tuple[int, ...]:
@@ -108,6 +114,29 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
+class CrossAttnBlock(nn.Module):
+    """Attention from every position to the caption's tokens (latent diffusion's cross-attention),
+    padding masked out, residual, with a zero-initialised output."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = _norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj_out = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, tokens: Tensor, pad_mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q = self.q(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, self.heads, -1)
+        k, v = self.kv(tokens).unflatten(2, (2, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        # Boolean SDPA masks say where to attend: every query of an image sees its real tokens.
+        keep = ~pad_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=keep)
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return x + self.proj_out(out)
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour x2, then conv3x3."""
 
@@ -120,19 +149,29 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution of the down or up path: res blocks (each with optional attention), then
-    a resampling layer (identity at the path's end)."""
+    """One resolution of the down or up path: res blocks (each with optional attention, and
+    cross-attention in a caption-conditional net), then a resampling layer (identity at the
+    path's end). Nets without captions register no ``crosses``: their parameter names stay."""
 
     def __init__(self, blocks: list[ResBlock], attns: list[nn.Module],
-                 resample: nn.Module) -> None:
+                 resample: nn.Module, crosses: list[nn.Module] | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.attns = nn.ModuleList(attns)
+        if crosses is not None:
+            self.crosses = nn.ModuleList(crosses)
         self.resample = resample
+
+    def attend(self, index: int, h: Tensor, context: TextContext | None) -> Tensor:
+        """Block ``index``'s self-attention, then its cross-attention to the caption if any."""
+        h = self.attns[index](h)
+        if context is not None and isinstance(cross := self.crosses[index], CrossAttnBlock):
+            h = cross(h, context[1], context[2])
+        return h
 
 
 class UNet(nn.Module):
-    """DDPM's U-Net: ``forward(x, t, label=None)`` -> tensor of shape (B, out_channels, H, W).
+    """DDPM's U-Net: ``forward(x, t, label=None, context=None)`` -> (B, out_channels, H, W).
 
     ``x`` is (B, in_channels, resolution, resolution), ``t`` (B,) timesteps in [0, T), long or
     float. Sides not divisible by ``2 ** (levels - 1)`` are zero-padded (MNIST's 28 -> 32) and
@@ -142,6 +181,12 @@ class UNet(nn.Module):
     Class conditioning (``num_classes > 0``) adds ``nn.Embedding(num_classes + 1, 4 * base)``
     to the time embedding. Index ``num_classes`` is the "no label" token of classifier-free
     guidance: ``label=None`` gives every example that token, exactly as passing it does.
+
+    Caption conditioning (``context_dim > 0``, the text encoder's width) takes a
+    :data:`TextContext`: the pooled embedding through a linear layer into the time embedding, and
+    a :class:`CrossAttnBlock` to the per-token embeddings after every self-attention (those at
+    ``attention_resolutions`` and the middle's). The "no caption" of classifier-free guidance is
+    the text encoder's business (the empty caption's context), so a context is always required.
 
     Initialisation: the last conv of every residual branch, the attention output projection
     and the output conv start at zero (the paper's init_scale=0), so a fresh net outputs
@@ -165,6 +210,7 @@ class UNet(nn.Module):
         attention_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
         attention_heads: int = 1,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         mult = default_channel_mult(resolution) if channel_mult is None else tuple(
@@ -172,6 +218,9 @@ class UNet(nn.Module):
         attn_res = {int(r) for r in attention_resolutions}
         _validate(in_channels, out_channels, resolution, num_classes, base_channels, mult,
                   num_res_blocks, dropout, attention_heads)
+        require(context_dim >= 0 and not (context_dim and num_classes),
+                f"The U-Net takes class labels (num_classes={num_classes}) or a caption "
+                f"context (context_dim={context_dim}), not both, and context_dim >= 0.")
         levels = len(mult)
         pad_before, pad_after = padding(resolution, levels - 1)
         self.pad = (pad_before, pad_after, pad_before, pad_after)
@@ -197,9 +246,19 @@ class UNet(nn.Module):
         )
         self.label_embed = (nn.Embedding(num_classes + 1, temb_channels) if num_classes > 0
                             else None)
+        self.context_dim = context_dim
+        if context_dim:
+            self.caption_proj = nn.Linear(context_dim, temb_channels)
 
         def attn(channels: int, side: int) -> nn.Module:
             return AttnBlock(channels, attention_heads) if side in attn_res else nn.Identity()
+
+        def crosses(attns: list[nn.Module]) -> list[nn.Module] | None:
+            """Cross-attention wherever there is self-attention (None: no captions)."""
+            if not context_dim:
+                return None
+            return [CrossAttnBlock(a.qkv.in_channels, context_dim, attention_heads)
+                    if isinstance(a, AttnBlock) else nn.Identity() for a in attns]
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, temb_channels, dropout)
@@ -220,10 +279,12 @@ class UNet(nn.Module):
             down = nn.Identity() if last else nn.Conv2d(channels, channels, 3, 2, padding=1)
             if not last:
                 skips.append(channels)
-            self.down.append(Level(blocks, attns, down))
+            self.down.append(Level(blocks, attns, down, crosses(attns)))
 
         self.mid_block1 = res(channels, channels)
         self.mid_attn = AttnBlock(channels, attention_heads)
+        if context_dim:
+            self.mid_cross = CrossAttnBlock(channels, context_dim, attention_heads)
         self.mid_block2 = res(channels, channels)
 
         self.up = nn.ModuleList()
@@ -234,12 +295,13 @@ class UNet(nn.Module):
                 channels = base_channels * mult[i]
                 attns.append(attn(channels, sides[i]))
             up = Upsample(channels) if i > 0 else nn.Identity()
-            self.up.append(Level(blocks, attns, up))
+            self.up.append(Level(blocks, attns, up, crosses(attns)))
 
         self.norm_out = _norm(channels)
         self.conv_out = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None,
+                context: TextContext | None = None) -> Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.base_channels))
         if self.label_embed is not None:
             if label is None:  # the null token for every example, without building indices
@@ -248,6 +310,14 @@ class UNet(nn.Module):
                 temb = temb + self.label_embed(label)
         elif label is not None:
             raise ValueError("This U-Net is unconditional (num_classes=0) but got labels.")
+        if self.context_dim:
+            if context is None:
+                raise ValueError("This U-Net is caption-conditional (context_dim > 0) and needs "
+                                 "a context (the empty caption's for unconditional outputs).")
+            temb = temb + self.caption_proj(context[0])
+        elif context is not None:
+            raise ValueError("This U-Net has no caption conditioning (context_dim=0) but got "
+                             "a context.")
         temb = F.silu(temb)  # every block projects SiLU(temb); compute it once
 
         if any(self.pad):
@@ -255,18 +325,21 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for level in self.down:
-            for block, attn in zip(level.blocks, level.attns, strict=True):
-                h = attn(block(h, temb))
+            for index, block in enumerate(level.blocks):
+                h = level.attend(index, block(h, temb), context)
                 hs.append(h)
             if not isinstance(level.resample, nn.Identity):
                 h = level.resample(h)
                 hs.append(h)
 
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, temb)), temb)
+        h = self.mid_attn(self.mid_block1(h, temb))
+        if context is not None:
+            h = self.mid_cross(h, context[1], context[2])
+        h = self.mid_block2(h, temb)
 
         for level in self.up:
-            for block, attn in zip(level.blocks, level.attns, strict=True):
-                h = attn(block(torch.cat([h, hs.pop()], dim=1), temb))
+            for index, block in enumerate(level.blocks):
+                h = level.attend(index, block(torch.cat([h, hs.pop()], dim=1), temb), context)
             h = level.resample(h)
 
         h = self.conv_out(F.silu(self.norm_out(h)))

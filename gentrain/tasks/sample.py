@@ -21,6 +21,7 @@ from gentrain.engine.run_log import RunLog, to_unit
 from gentrain.errors import GentrainError, require
 from gentrain.models.base import GenerativeModel, Grid
 from gentrain.tasks.setup import model_from_checkpoint
+from gentrain.text.tokenizer import encode_prompts, tokenizer_of
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,24 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
     if pairs is not None:
         num = min(num, pairs["source"].shape[0])
     labels = class_labels(cfg, model, num, device)
+    prompted = prompt_captions(cfg, model, num, device)
+    total = num if prompted is None else prompted[1].shape[0]
     parts = []
     # Chunks of sample.batch_size bound the memory; the generator runs on across chunks, so
     # the images depend on the seed and the chunk size only.
-    for start in tqdm(range(0, num, chunk), desc="sample", unit="chunk", disable=num <= chunk):
-        size = min(chunk, num - start)
+    for start in tqdm(range(0, total, chunk), desc="sample", unit="chunk",
+                      disable=total <= chunk):
+        size = min(chunk, total - start)
         cond = None if pairs is None else {k: v[start : start + size] for k, v in pairs.items()}
         if labels is not None:
             cond = {"label": labels[start : start + size]}
+        if prompted is not None:
+            cond = {"caption": prompted[1][start : start + size]}
         with autocast():
             parts.append(model.sample(size, cond, generator).float())
     images = torch.cat(parts)
     out = RunLog(run_dir, tensorboard=False)
-    shown = Grid(images, nrow=nrow)
+    shown = Grid(images, nrow=nrow) if prompted is None else prompt_grid(images, prompted[0], nrow)
     if pairs is not None:  # rows of source | output (| target)
         columns = [pairs["source"][:num], images, *([pairs["image"][:num]] if "image" in pairs
                                                     else [])]
@@ -76,7 +82,7 @@ def sample(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dic
     if cfg.sample.individual:
         write_individual(run_dir, {f"{i:05d}": image for i, image in enumerate(images)})
     log.info("Wrote %s", grid)
-    return {"grid": str(grid), "num": num, "step": int(state["step"])}
+    return {"grid": str(grid), "num": total, "step": int(state["step"])}
 
 
 def domain_translations(cfg: DictConfig, run_config: DictConfig, model: GenerativeModel,
@@ -125,12 +131,66 @@ def class_labels(cfg: DictConfig, model: GenerativeModel, num: int,
     if asked is None and not conditional:
         return None
     require(conditional, f"sample.labels needs a class-conditional model; this {model.family} "
-            "was trained with model.conditional=false. Drop sample.labels.")
+            "was not trained with model.conditional=true. Drop sample.labels.")
     classes = list(asked) if asked is not None else list(range(model.spec.num_classes))
     bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < model.spec.num_classes)]
     require(bool(classes) and not bad,
             f"sample.labels={classes} must be class ids in 0..{model.spec.num_classes - 1}.")
     return torch.tensor(classes, device=device).repeat(num // len(classes) + 1)[:num]
+
+
+def prompt_captions(cfg: DictConfig, model: GenerativeModel, num: int,
+                    device: torch.device) -> tuple[list[str], Tensor] | None:
+    """A caption-conditional model's prompts (``sample.prompt``, or the lines of the file
+    ``sample.prompts``) and the tokens of each image: ``num`` per prompt, prompt after prompt.
+
+    Words the training captions never had are logged and become ``<unk>``; None when no prompt
+    is asked for (a caption-conditional model then draws for the empty caption, unconditionally).
+    """
+    prompt, path = cfg.sample.prompt, cfg.sample.prompts
+    if prompt is None and path is None:
+        if getattr(model, "captioned", False):
+            log.info("No sample.prompt or sample.prompts: drawing unconditional samples (the "
+                     "empty caption).")
+        return None
+    require(prompt is None or path is None,
+            "Give sample.prompt (one prompt) or sample.prompts (a file of prompts), not both.")
+    require(getattr(model, "captioned", False),
+            f"sample.prompt and sample.prompts need a caption-conditional model; this "
+            f"{model.family} was trained without captions (train one with "
+            "model.conditional=caption on captioned data). Drop the prompt.")
+    prompts = [str(prompt)] if prompt is not None else read_prompts(Path(str(path)))
+    tokenizer = tokenizer_of(model.spec)
+    for text in prompts:
+        unknown = tokenizer.unknown_words(text)
+        if unknown:
+            log.warning("Prompt %r: %s never appeared in the training captions (a vocabulary "
+                        "of %d words); each becomes <unk>.", text, ", ".join(unknown),
+                        len(tokenizer) - 2)
+    where = "sample.prompt" if prompt is not None else f"sample.prompts={path}"
+    tokens = encode_prompts(tokenizer, prompts, where)
+    return prompts, tokens.to(device).repeat_interleave(num, 0)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The non-blank lines of ``path``, one prompt each."""
+    path = path.expanduser()
+    require(path.is_file(), f"sample.prompts={path} is not a file. Give a text file with one "
+            "prompt per line, e.g. \"a green triangle on a light background\".")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in prompts if line]
+    require(bool(prompts), f"sample.prompts={path} has no prompt: write one prompt per line, "
+            "e.g. \"a green triangle on a light background\".")
+    return prompts
+
+
+def prompt_grid(images: Tensor, prompts: list[str], nrow: int) -> Grid:
+    """One prompt's images in rows of ``sample.nrow``; several prompts one row each (all of a
+    prompt's images); every row titled with its prompt."""
+    if len(prompts) > 1:
+        return Grid(images, nrow=images.shape[0] // len(prompts), titles=tuple(prompts))
+    rows = -(-images.shape[0] // nrow)
+    return Grid(images, nrow=nrow, titles=(prompts[0],) * rows)
 
 
 def sources_to_translate(
