@@ -109,6 +109,14 @@ def test_captioned_shapes_are_not_flipped_since_captions_name_left_and_right() -
     assert torch.equal(batch["image"], expected)
 
 
+def test_text_encoder_leaves_unknown_words_out() -> None:
+    torch.manual_seed(0)
+    encoder = TextEncoder(vocab_size=12, max_length=5, width=16, layers=1, heads=2)
+    known, _, _ = encoder(torch.tensor([[3, 4, 0, 0, 0]]))
+    with_unknown, _, mask = encoder(torch.tensor([[3, 4, UNK, 0, 0]]))
+    assert mask[0, 3] and torch.allclose(with_unknown, known, atol=1e-6)
+
+
 def test_text_encoder_ignores_padding_and_encodes_the_empty_caption() -> None:
     torch.manual_seed(0)
     encoder = TextEncoder(vocab_size=12, max_length=5, width=16, layers=1, heads=2)

@@ -5,7 +5,10 @@ transformer trained jointly (latent diffusion's from-scratch transformer embedde
 precedent; Reed et al. pre-trained a char-CNN-RNN instead). A learned summary token sits
 before the words: its output is the pooled embedding, and it is a key that is never masked,
 so cross-attention has something to attend to even for the empty caption, which is how
-classifier-free guidance spells "no caption".
+classifier-free guidance spells "no caption". Unknown words are masked like padding: their
+one embedding never learns a meaning of its own (a prompt word the training captions never
+had gave near-empty DDPM samples when it was attended to), so a prompt's unknown words are
+left out rather than misread.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from gentrain.errors import require
-from gentrain.text.tokenizer import PAD
+from gentrain.text.tokenizer import PAD, UNK
 
 
 class TextEncoder(nn.Module):
     """Token ids (B, L) to (pooled (B, width), per-token (B, 1 + L, width), padding mask
-    (B, 1 + L), True where a key must be ignored); position 0 is the summary token."""
+    (B, 1 + L), True where a key must be ignored: padding and unknown words); position 0 is
+    the summary token."""
 
     def __init__(self, vocab_size: int, max_length: int, width: int = 128, layers: int = 2,
                  heads: int = 4) -> None:
@@ -44,7 +48,7 @@ class TextEncoder(nn.Module):
         require(tokens.shape[-1] == self.max_length,
                 f"Captions of {tokens.shape[-1]} tokens reached a text encoder built for "
                 f"{self.max_length}; the checkpoint and the data disagree on caption_length.")
-        pad = tokens == PAD
+        pad = (tokens == PAD) | (tokens == UNK)
         mask = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
         x = torch.cat([self.summary.expand(tokens.shape[0], -1, -1), self.tokens(tokens)], 1)
         x = self.norm(self.blocks(x + self.positions, src_key_padding_mask=mask))
