@@ -63,6 +63,7 @@ class Text2ImageGAN(AdversarialModel):
     ema_networks = ("generator", "text_encoder")
     players = {"generator": ("generator",), "discriminator": ("discriminator", "text_encoder")}
     captioned = True  # task=sample's prompts condition it
+    needs_caption = True  # and it has no unconditional mode: task=sample requires a prompt
 
     def __init__(
         self,

@@ -150,6 +150,10 @@ def prompt_captions(cfg: DictConfig, model: GenerativeModel, num: int,
     prompt, path = cfg.sample.prompt, cfg.sample.prompts
     if prompt is None and path is None:
         if getattr(model, "captioned", False):
+            require(not getattr(model, "needs_caption", False),
+                    f"model={model.family} draws images for captions only (it never learned an "
+                    "empty one): give sample.prompt=\"a red circle on a dark background\" or "
+                    "sample.prompts=FILE (one prompt per line).")
             log.info("No sample.prompt or sample.prompts: drawing unconditional samples (the "
                      "empty caption).")
         return None
