@@ -233,3 +233,21 @@ def test_bad_monitor_and_sample_quality_settings_are_clear_errors(
     quality = [] if override.startswith("trainer.") else ["trainer.eval_sample_quality=true"]
     with pytest.raises(GentrainError, match=message.replace("(", r"\(").replace("[", r"\[")):
         run_task(tmp_path, ["trainer.max_steps=1", *quality, override], base=FAMILIES["gan"])
+
+
+def test_eval_scores_on_the_trained_data_with_only_the_command_lines_data_keys() -> None:
+    """An experiment's data settings (captions) survive task=eval, which composes the default
+    data config; data.* keys given there still win, and another dataset replaces it."""
+    from omegaconf import OmegaConf
+
+    from gentrain.tasks.inference import evaluation_data_config
+
+    trained = OmegaConf.create({"name": "shapes", "captions": True, "root": "/old"})
+    requested = OmegaConf.create({"name": "shapes", "captions": False, "root": "/new"})
+    assert evaluation_data_config(trained, requested, []) == trained
+    moved = evaluation_data_config(trained, requested, ["data.root=/new", "eval.num_samples=8"])
+    assert moved == {"name": "shapes", "captions": True, "root": "/new"}
+    same = evaluation_data_config(trained, requested, ["data=shapes"])
+    assert same.captions is True
+    other = OmegaConf.create({"name": "mnist"})
+    assert evaluation_data_config(trained, other, ["data=mnist"]) == other

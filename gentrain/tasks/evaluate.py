@@ -30,6 +30,7 @@ from gentrain.files import atomic_write
 from gentrain.models.base import GenerativeModel
 from gentrain.sample_quality.evaluate import build_sample_quality, settings_from_config
 from gentrain.sweeps.summary import format_table
+from gentrain.tasks.inference import evaluation_data_config
 from gentrain.tasks.setup import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,8 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     model, state, trained = model_from_checkpoint(
         cfg.ckpt, use_ema=True, device=device, cfg=cfg, overrides=overrides
     )
-    # The data the model was trained on; naming the same dataset on the command line (e.g.
-    # `data=mnist data.root=/new/place`) takes the command line's settings instead.
-    data_cfg = cfg.data if cfg.data.name == trained.data.name else trained.data
+    # The data the model was trained on, with the data keys the command line gives.
+    data_cfg = evaluation_data_config(trained.data, cfg.data, overrides)
     data = build_data(data_cfg)
     # Built first: missing Inception weights stop the task before any costly evaluation.
     settings = settings_from_config(cfg.eval, model.sample_quality_metrics)

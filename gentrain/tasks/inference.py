@@ -25,6 +25,24 @@ from gentrain.models.base import GenerativeModel
 CHECKPOINT_TASKS = ("sample", "eval")
 
 
+def evaluation_data_config(trained: DictConfig, requested: DictConfig,
+                           overrides: Sequence[str]) -> DictConfig:
+    """The data ``task=eval`` scores on: the checkpoint's ``trained`` data config, with the
+    ``data.*`` keys the command line gives (``overrides``) taken from ``requested`` (the
+    composed data config), e.g. ``data.root=/new/place``; another dataset named with
+    ``data=NAME`` replaces it whole. So a run's settings that no config file holds (an
+    experiment's captions, a sweep's resolution) are never lost to the defaults."""
+    merged = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key == "data" and str(override.value()) != trained.name:
+            return requested
+        if key.startswith("data.") and not override.is_delete():
+            path = key.removeprefix("data.")
+            OmegaConf.update(merged, path, OmegaConf.select(requested, path), force_add=True)
+    return merged
+
+
 def inference_model_config(
     trained: DictConfig, requested: DictConfig, overrides: Sequence[str], task: str
 ) -> DictConfig:
