@@ -131,6 +131,10 @@ class GenerativeModel(nn.Module):
     #: Whether some parameters sit out some steps (a growing family's blocks of resolutions not
     #: reached yet): DDP then looks for them after each forward (``find_unused_parameters``).
     has_idle_parameters: bool = False
+    #: Whether captions condition it (``cond={"caption": tokens}``; task=sample's prompts), and
+    #: whether it needs one: a text GAN never learned the empty caption a DDPM drops to.
+    captioned: bool = False
+    needs_caption: bool = False
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()

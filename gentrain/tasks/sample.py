@@ -149,8 +149,8 @@ def prompt_captions(cfg: DictConfig, model: GenerativeModel, num: int,
     """
     prompt, path = cfg.sample.prompt, cfg.sample.prompts
     if prompt is None and path is None:
-        if getattr(model, "captioned", False):
-            require(not getattr(model, "needs_caption", False),
+        if model.captioned:
+            require(not model.needs_caption,
                     f"model={model.family} draws images for captions only (it never learned an "
                     "empty one): give sample.prompt=\"a red circle on a dark background\" or "
                     "sample.prompts=FILE (one prompt per line).")
@@ -159,7 +159,7 @@ def prompt_captions(cfg: DictConfig, model: GenerativeModel, num: int,
         return None
     require(prompt is None or path is None,
             "Give sample.prompt (one prompt) or sample.prompts (a file of prompts), not both.")
-    require(getattr(model, "captioned", False),
+    require(model.captioned,
             f"sample.prompt and sample.prompts need a caption-conditional model; this "
             f"{model.family} was trained without captions (train one with "
             "model.conditional=caption on captioned data). Drop the prompt.")
