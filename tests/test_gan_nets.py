@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from gentrain.errors import GentrainError
 from gentrain.nets.gan import (
+    ConditionalBatchNorm,
     DCGANDiscriminator,
     DCGANGenerator,
     ResNetDiscriminator,
@@ -105,6 +106,29 @@ def test_conditional_resnet_generator_starts_label_blind_then_follows_the_label(
         g.blocks[0].bn1.gain.weight[1] += 0.5
     assert torch.equal(g(z, zeros), g(z, zeros))
     assert not torch.allclose(g(z, zeros), g(z, ones))
+
+
+def test_dcgan_generator_with_conditional_batch_norm_takes_the_label_only_there() -> None:
+    """g_label_input=batchnorm: every batch norm of G is class-conditional (gain 1, bias 0 at
+    first, so a fresh G is label-blind), no label embedding joins z, and the width of the first
+    layer is z's alone; moving one class's shift changes that class's images only."""
+    g = DCGANGenerator(LATENT, 3, 32, BASE, num_classes=6, label_input="batchnorm").eval()
+    norms = [m for m in g.modules() if isinstance(m, ConditionalBatchNorm)]
+    assert len(norms) == count(g, nn.ConvTranspose2d) - 1 and g.embed is None
+    assert g.net[0].in_channels == LATENT
+    z = torch.randn(BATCH, LATENT)
+    zeros, ones = torch.zeros(BATCH, dtype=torch.long), torch.ones(BATCH, dtype=torch.long)
+    assert torch.equal(g(z, zeros), g(z, ones))
+    before = g(z, zeros)
+    with torch.no_grad():
+        norms[0].bias.weight[1] += 0.5
+    assert torch.equal(g(z, zeros), before)
+    assert not torch.allclose(g(z, ones), before)
+
+
+def test_unknown_g_label_input_is_a_config_error() -> None:
+    with pytest.raises(GentrainError, match="g_label_input"):
+        DCGANGenerator(LATENT, 3, 32, BASE, num_classes=6, label_input="film")
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])

@@ -52,6 +52,7 @@ class GAN(AdversarialModel):
         d_norm: str = "auto",
         spectral_norm: bool = False,
         conditional: bool = False,
+        g_label_input: str = "concat",
         critic_steps: int = 1,
         gp_weight: float = 10.0,
         r1_weight: float = 0.0,
@@ -72,7 +73,7 @@ class GAN(AdversarialModel):
         self.num_classes = spec.num_classes if conditional else 0
         self.generator, self.discriminator = build_gan_networks(
             arch, latent_dim, spec.channels, spec.height, spec.width, self.num_classes,
-            base_channels, d_norm, spectral_norm,
+            base_channels, d_norm, spectral_norm, g_label_input,
         )
         self._d_wins = 0  # log intervals in a row with the D loss near zero
 

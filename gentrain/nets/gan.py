@@ -7,10 +7,10 @@ transposed convolution of the latent, D ends with a 4x4 convolution to the logit
 N(0, 0.02) and norm scales N(1, 0.02). The ResNets are the CIFAR-10 networks of Gulrajani et
 al. (WGAN-GP) and Miyato et al. (SNGAN), one residual block per doubling of the side.
 
-Conditional models (``num_classes > 0``) put the label into G (a learned embedding
-concatenated to z in DCGAN, class-conditional batch norm in the ResNet) and make D a
-projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + ⟨embed(y), Σ_xy h⟩, h being
-D's last feature map and ψ its unconditional output layer.
+Conditional models (``num_classes > 0``) put the label into G (in DCGAN a learned embedding
+concatenated to z or class-conditional batch norm, in the ResNet class-conditional batch norm)
+and make D a projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + ⟨embed(y), Σ_xy h⟩,
+h being D's last feature map and ψ its unconditional output layer.
 
 Each discriminator splits into ``body`` (every layer up to its last features) and ``head`` (the
 logit from them), so that InfoGAN's Q head (``InfoDiscriminator``) shares the body.
@@ -34,6 +34,7 @@ from gentrain.nets.init import normal_init
 
 ARCHS = ("dcgan", "resnet")
 D_NORMS = ("batch", "layer", "none")
+G_LABEL_INPUTS = ("concat", "batchnorm")  # how a conditional DCGAN G takes the label
 # Powers of two from 4x4 up; 28 runs at 32. 16 keeps the test suite's smoke runs cheap.
 SIZES = (16, 28, 32, 64, 128)
 # DCGAN's 64; 128 is WGAN-GP's CIFAR-10 G and D (the gan_cifar10 recipe) and SNGAN's D, whose
@@ -89,6 +90,26 @@ def _spectral_norm(module: nn.Module) -> None:
 
 # -- DCGAN --------------------------------------------------------------------------------------
 
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are looked up per class (1 and 0 at initialisation, so
+    a fresh conditional G ignores the label until training makes the classes differ)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        self.gain = nn.Embedding(num_classes, channels) if num_classes else None
+        self.bias = nn.Embedding(num_classes, channels) if num_classes else None
+        if self.gain is not None and self.bias is not None:
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: Tensor, label: Tensor | None) -> Tensor:
+        h = self.norm(x)
+        if self.gain is None or self.bias is None or label is None:
+            return h
+        return h * self.gain(label)[:, :, None, None] + self.bias(label)[:, :, None, None]
+
+
 
 def _d_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
@@ -103,24 +124,35 @@ class DCGANGenerator(nn.Module):
 
     A 4x4 transposed conv of the latent (as a 1x1 map) to ``base_channels * 2**(n-1)`` channels,
     then n stride-2 transposed convs halving the width, the last one to the image (n = 3 at
-    32 px). Conditional: the label's learned embedding, latent_dim wide and N(0, 1) like z
-    (torch's default), is concatenated to z, so neither dominates the first layer at init.
+    32 px). Conditional, by ``label_input``: "concat" concatenates the label's learned embedding,
+    latent_dim wide and N(0, 1) like z (torch's default), to z, so neither dominates the first
+    layer at init; "batchnorm" makes every batch norm class-conditional instead (per-class scale
+    and shift, as the ResNet G and the projection discriminator's authors do).
     """
 
     def __init__(self, latent_dim: int, channels: int, resolution: int,
-                 base_channels: int = 64, num_classes: int = 0) -> None:
+                 base_channels: int = 64, num_classes: int = 0,
+                 label_input: str = "concat") -> None:
         super().__init__()
+        require(label_input in G_LABEL_INPUTS,
+                f"model.g_label_input={label_input!r} is not one of {', '.join(G_LABEL_INPUTS)}.")
         self.resolution, self.num_classes = resolution, num_classes
         ups = _num_halvings(resolution)
-        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        concat = bool(num_classes) and label_input == "concat"
+        self.embed = nn.Embedding(num_classes, latent_dim) if concat else None
         width = base_channels * 2 ** (ups - 1)
-        in_dim = latent_dim * (2 if num_classes else 1)
+        in_dim = latent_dim * (2 if concat else 1)
+
+        def norm(c: int) -> nn.Module:
+            return ConditionalBatchNorm(c, num_classes) if num_classes and not concat \
+                else nn.BatchNorm2d(c)
+
         # No conv bias before batch norm: its shift replaces it.
         layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, width, 4, 1, 0, bias=False),
-                                   nn.BatchNorm2d(width), nn.ReLU()]
+                                   norm(width), nn.ReLU()]
         for _ in range(ups - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(width // 2), nn.ReLU()]
+                       norm(width // 2), nn.ReLU()]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -130,7 +162,10 @@ class DCGANGenerator(nn.Module):
         _check_label(self.num_classes, label)
         if self.embed is not None and label is not None:
             z = torch.cat([z, self.embed(label)], dim=1)
-        return _crop(self.net(z[:, :, None, None]), self.resolution)
+        h = z[:, :, None, None]
+        for layer in self.net:
+            h = layer(h, label) if isinstance(layer, ConditionalBatchNorm) else layer(h)
+        return _crop(h, self.resolution)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -194,26 +229,6 @@ def _conv(cin: int, cout: int, kernel: int, gain: float = 1.0) -> nn.Module:
 
 def _up(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-class ConditionalBatchNorm(nn.Module):
-    """Batch norm whose scale and shift are looked up per class (1 and 0 at initialisation, so
-    a fresh conditional G ignores the label until training makes the classes differ)."""
-
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=num_classes == 0)
-        self.gain = nn.Embedding(num_classes, channels) if num_classes else None
-        self.bias = nn.Embedding(num_classes, channels) if num_classes else None
-        if self.gain is not None and self.bias is not None:
-            nn.init.ones_(self.gain.weight)
-            nn.init.zeros_(self.bias.weight)
-
-    def forward(self, x: Tensor, label: Tensor | None) -> Tensor:
-        h = self.norm(x)
-        if self.gain is None or self.bias is None or label is None:
-            return h
-        return h * self.gain(label)[:, :, None, None] + self.bias(label)[:, :, None, None]
 
 
 class UpBlock(nn.Module):
@@ -372,7 +387,7 @@ class InfoDiscriminator(nn.Module):
 
 def build_gan_networks(
     arch: str, latent_dim: int, channels: int, height: int, width: int, num_classes: int,
-    base_channels: int | None, d_norm: str, spectral_norm: bool,
+    base_channels: int | None, d_norm: str, spectral_norm: bool, g_label_input: str = "concat",
 ) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) of ``arch`` for the data's size; ``base_channels=None`` takes
     the architecture's default width (DEFAULT_WIDTH) for both networks."""
@@ -388,7 +403,7 @@ def build_gan_networks(
             f"model.base_channels must be >= 1 (or null for the default), not {base_channels}.")
     base = DEFAULT_WIDTH[arch] if base_channels is None else base_channels
     if arch == "dcgan":
-        return (DCGANGenerator(latent_dim, channels, height, base, num_classes),
+        return (DCGANGenerator(latent_dim, channels, height, base, num_classes, g_label_input),
                 DCGANDiscriminator(channels, height, base, num_classes, d_norm, spectral_norm))
     require(d_norm == "none",
             f"model.arch=resnet's discriminator has no normalisation layers (spectral norm or "
