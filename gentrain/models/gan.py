@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gentrain.augment import diff_augment
@@ -22,7 +23,7 @@ from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes, Verdict
 from gentrain.models.base import Grid, labels_of, require_class_labels, sampling_labels
-from gentrain.nets.gan import build_gan_networks
+from gentrain.nets.gan import InfoDiscriminator, build_gan_networks
 
 GRID_ROW = 8
 # The discriminator "wins" when its loss stays below this for WARN_AFTER log intervals in a row.
@@ -57,6 +58,7 @@ class GAN(AdversarialModel):
         gp_weight: float = 10.0,
         r1_weight: float = 0.0,
         diffaugment: Sequence[str] = (),
+        aux_classifier_weight: float = 0.0,
     ) -> None:
         super().__init__(spec)
         self.set_game(loss, critic_steps=critic_steps, gp_weight=gp_weight, r1_weight=r1_weight)
@@ -75,6 +77,13 @@ class GAN(AdversarialModel):
             arch, latent_dim, spec.channels, spec.height, spec.width, self.num_classes,
             base_channels, d_norm, spectral_norm, g_label_input,
         )
+        require(aux_classifier_weight >= 0 and (conditional or not aux_classifier_weight),
+                f"model.aux_classifier_weight={aux_classifier_weight} is AC-GAN's λ for D's "
+                "auxiliary class head: it must be >= 0, and > 0 only with "
+                "model.conditional=true (the head predicts the class labels).")
+        self.aux_weight = aux_classifier_weight
+        if aux_classifier_weight:  # AC-GAN: a class head on D's body (InfoGAN's Q head, reused)
+            self.discriminator = InfoDiscriminator(self.discriminator, self.num_classes)
         self._d_wins = 0  # log intervals in a row with the D loss near zero
 
     # -- what the trainer needs ---------------------------------------------------------------
@@ -102,8 +111,14 @@ class GAN(AdversarialModel):
                      latent: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """D's logits on ``fake``, and the terms a family adds on the fakes in both phases, in
         ``loss``'s convention (``loss`` is added to the phase's loss, the rest is logged). A
-        plain GAN adds none; InfoGAN's Q head recovers the codes in ``latent`` here."""
-        return critic(fake, label), {}
+        plain GAN adds none; AC-GAN its class loss λ·CE(class head, label) (in both phases, as
+        Odena et al.'s L_C); InfoGAN's Q head recovers the codes in ``latent`` here."""
+        if not self.aux_weight:
+            return critic(fake, label), {}
+        logits, class_logits = critic(fake, label, with_q=True)
+        class_loss = F.cross_entropy(class_logits.float(), label)
+        return logits, {"loss": self.aux_weight * class_loss,
+                        "aux_class_loss_fake": class_loss.detach()}
 
     def make_fakes(self, batch: Batch) -> Fakes:
         image, label, latent = self._generate(batch)
@@ -114,15 +129,24 @@ class GAN(AdversarialModel):
 
         def judge(critic: nn.Module, images: Tensor, fake: bool
                   ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-            return self._judge_fakes(critic, images, label, latent) if fake else \
-                critic(images, label)
+            if fake:
+                return self._judge_fakes(critic, images, label, latent)
+            if self.aux_weight:  # AC-GAN: the class head's logits on the real images too
+                logits, class_logits = critic(images, label, with_q=True)
+                return logits, class_logits
+            return critic(images, label)
 
         return [Duel("discriminator", fakes["image"], batch["image"] if with_real else None,
                      judge)]
 
     def discriminator_terms(self, batch: Batch, fakes: Fakes,
                             verdicts: list[Verdict]) -> dict[str, Tensor]:
-        return dict(verdicts[0].fake_extra)
+        terms = dict(verdicts[0].fake_extra)
+        if self.aux_weight:  # AC-GAN: D's class head also learns the real images' labels
+            real_loss = F.cross_entropy(verdicts[0].real_extra.float(), fakes["label"])
+            terms["loss"] = terms["loss"] + self.aux_weight * real_loss
+            terms["aux_class_loss_real"] = real_loss.detach()
+        return terms
 
     def generator_terms(self, batch: Batch, fakes: Fakes,
                         verdicts: list[Verdict]) -> dict[str, Tensor]:
