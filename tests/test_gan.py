@@ -169,13 +169,15 @@ def test_the_r1_penalty_adds_half_gamma_times_r1_to_the_d_loss() -> None:
         GAN(spec, r1_weight=-1.0)
 
 
-def test_the_ac_gan_class_head_adds_its_losses_on_real_and_fake_images() -> None:
-    """AC-GAN: D's loss gains λ·(CE of its class head on the real images + on the fakes), G's
-    λ·CE on the fakes; the class head's real loss is its cross-entropy on the batch's labels."""
+@pytest.mark.parametrize("sees_fakes", [True, False])
+def test_the_ac_gan_class_head_adds_its_losses(sees_fakes: bool) -> None:
+    """AC-GAN: D's loss gains λ·(CE of its class head on the real images [+ on the fakes, the
+    paper's]), G's λ·CE on the fakes; the real term is the head's cross-entropy on the labels."""
     spec = DataSpec(name="t", channels=3, height=32, width=32, label_kind="class", num_classes=6)
     torch.manual_seed(0)
     plain = GAN(spec, base_channels=8, latent_dim=8, conditional=True)
-    acgan = GAN(spec, base_channels=8, latent_dim=8, conditional=True, aux_classifier_weight=2.0)
+    acgan = GAN(spec, base_channels=8, latent_dim=8, conditional=True, aux_classifier_weight=2.0,
+                aux_classifier_sees_fakes=sees_fakes)
     acgan.generator.load_state_dict(plain.generator.state_dict())
     acgan.discriminator.critic.load_state_dict(plain.discriminator.state_dict())
     batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "label": torch.tensor([0, 3, 5, 3])}
@@ -185,8 +187,9 @@ def test_the_ac_gan_class_head_adds_its_losses_on_real_and_fake_images() -> None
         base = plain.loss(batch, phase)
         torch.manual_seed(1)
         losses[phase] = out = acgan.loss(batch, phase)
-        extra = out["aux_class_loss_fake"] + out.get("aux_class_loss_real", 0.0)
-        assert out["loss"].item() == pytest.approx(base["loss"].item() + 2.0 * extra.item(),
+        fake_term = out["aux_class_loss_fake"] if sees_fakes or phase == "generator" else 0.0
+        extra = fake_term + out.get("aux_class_loss_real", 0.0)
+        assert out["loss"].item() == pytest.approx(base["loss"].item() + 2.0 * float(extra),
                                                    rel=1e-5)
     assert "aux_class_loss_real" in losses["discriminator"]
     assert "aux_class_loss_real" not in losses["generator"]

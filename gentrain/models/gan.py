@@ -59,6 +59,7 @@ class GAN(AdversarialModel):
         r1_weight: float = 0.0,
         diffaugment: Sequence[str] = (),
         aux_classifier_weight: float = 0.0,
+        aux_classifier_sees_fakes: bool = True,
     ) -> None:
         super().__init__(spec)
         self.set_game(loss, critic_steps=critic_steps, gp_weight=gp_weight, r1_weight=r1_weight)
@@ -81,7 +82,7 @@ class GAN(AdversarialModel):
                 f"model.aux_classifier_weight={aux_classifier_weight} is AC-GAN's λ for D's "
                 "auxiliary class head: it must be >= 0, and > 0 only with "
                 "model.conditional=true (the head predicts the class labels).")
-        self.aux_weight = aux_classifier_weight
+        self.aux_weight, self.aux_sees_fakes = aux_classifier_weight, aux_classifier_sees_fakes
         if aux_classifier_weight:  # AC-GAN: a class head on D's body (InfoGAN's Q head, reused)
             self.discriminator = InfoDiscriminator(self.discriminator, self.num_classes)
         self._d_wins = 0  # log intervals in a row with the D loss near zero
@@ -142,9 +143,10 @@ class GAN(AdversarialModel):
     def discriminator_terms(self, batch: Batch, fakes: Fakes,
                             verdicts: list[Verdict]) -> dict[str, Tensor]:
         terms = dict(verdicts[0].fake_extra)
-        if self.aux_weight:  # AC-GAN: D's class head also learns the real images' labels
+        if self.aux_weight:  # AC-GAN: D's class head learns the real images' labels
             real_loss = F.cross_entropy(verdicts[0].real_extra.float(), fakes["label"])
-            terms["loss"] = terms["loss"] + self.aux_weight * real_loss
+            fake_loss = terms["loss"] if self.aux_sees_fakes else 0.0
+            terms["loss"] = fake_loss + self.aux_weight * real_loss
             terms["aux_class_loss_real"] = real_loss.detach()
         return terms
 
