@@ -21,7 +21,6 @@ from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.adversarial_step import frozen
 from gentrain.models.infogan import SWEEP, InfoGAN, code_nlls
-from gentrain.nets.gan import ConditionalBatchNorm
 
 NOISE, K, CONT, SIDE = 5, 3, 2, 16
 TILE = SIDE + 2  # torchvision's make_grid pads 2 px
@@ -226,25 +225,6 @@ def test_infogan_resume_is_bitwise_identical(tmp_path: Path,
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key, value in a["ema"]["networks"]["generator"].items():
         assert torch.equal(value, b["ema"]["networks"]["generator"][key]), key
-
-
-def test_code_batchnorm_feeds_the_categorical_code_to_every_batch_norm_of_g() -> None:
-    """model.code_batchnorm: G's batch norms are conditioned on the sample's category, so a
-    change to category 2's shift changes exactly the samples whose code is 2."""
-    model = tiny_model(code_batchnorm=True).eval()
-    norms = [m for m in model.generator.modules() if isinstance(m, ConditionalBatchNorm)]
-    assert norms and all(m.gain.num_embeddings == K for m in norms)
-    latent = model._latent(12, torch.device("cpu"), torch.Generator().manual_seed(0))
-    codes = latent[:, NOISE:NOISE + K].argmax(dim=1)
-    assert (codes == 2).any() and (codes != 2).any()
-    with torch.no_grad():
-        before = model.generator(latent)
-        norms[0].bias.weight[2] += 0.5
-        after = model.generator(latent)
-    changed = (after - before).flatten(1).abs().amax(dim=1) > 0
-    assert torch.equal(changed, codes == 2)
-    with pytest.raises(GentrainError, match="code_batchnorm"):
-        tiny_model(code_batchnorm=True, categorical=0)
 
 
 @pytest.mark.parametrize(("override", "match"), [

@@ -29,7 +29,7 @@ from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.models.base import Grid
 from gentrain.models.gan import GAN, GRID_ROW
-from gentrain.nets.gan import DEFAULT_WIDTH, DCGANGenerator, InfoDiscriminator
+from gentrain.nets.gan import InfoDiscriminator
 
 # Continuous traversals sweep each code over [-2, 2] (beyond the prior's [-1, 1], as the
 # paper's figures do), 9 columns so that 0 is one of them.
@@ -63,19 +63,6 @@ def code_nlls(q: Tensor, codes: Tensor, categorical: int, continuous: int,
     return out
 
 
-class CodeConditionedGenerator(nn.Module):
-    """G(latent) whose batch norms are also conditioned on the categorical code in the latent
-    (``model.code_batchnorm``): the code reaches every layer, as a class label does in a
-    conditional G with class-conditional batch norm, instead of only the first one."""
-
-    def __init__(self, generator: DCGANGenerator, start: int, categories: int) -> None:
-        super().__init__()
-        self.generator, self.code = generator, slice(start, start + categories)
-
-    def forward(self, latent: Tensor, label: Tensor | None = None) -> Tensor:
-        return self.generator(latent, latent[:, self.code].argmax(dim=1))
-
-
 class InfoGAN(GAN):
     """A GAN with categorical and continuous codes that a Q head on D recovers from the fakes."""
 
@@ -100,7 +87,6 @@ class InfoGAN(GAN):
         critic_steps: int = 1,
         gp_weight: float = 10.0,
         diffaugment: Sequence[str] = (),
-        code_batchnorm: bool = False,
     ) -> None:
         require(noise_dim >= 1, f"model.noise_dim must be >= 1, not {noise_dim}.")
         require(categorical == 0 or categorical >= 2,
@@ -123,15 +109,6 @@ class InfoGAN(GAN):
         q_outputs = categorical + continuous * (2 if learn_std else 1)
         self.discriminator: InfoDiscriminator = InfoDiscriminator(
             self.discriminator, q_outputs, q_hidden)
-        if code_batchnorm:
-            require(arch == "dcgan" and categorical > 0,
-                    "model.code_batchnorm=true feeds the categorical code to the DCGAN "
-                    "generator's batch norms: it needs model.arch=dcgan and model.categorical "
-                    f"> 0, not arch={arch} and categorical={categorical}.")
-            inner = DCGANGenerator(self.latent_dim, spec.channels, spec.height,
-                                   base_channels or DEFAULT_WIDTH["dcgan"], categorical,
-                                   label_input="batchnorm")
-            self.generator = CodeConditionedGenerator(inner, noise_dim, categorical)
 
     # -- the codes ----------------------------------------------------------------------------
 
