@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DDPM_FAST, FAST, FAST_RUN, run_task
+from omegaconf import OmegaConf
 from PIL import Image
 
 from gentrain.data.datasets.shapes import ATTRIBUTE_NAMES
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
+from gentrain.tasks.inference import evaluation_data_config
 
 FAMILIES = {
     "vae": FAST,
@@ -238,10 +240,6 @@ def test_bad_monitor_and_sample_quality_settings_are_clear_errors(
 def test_eval_scores_on_the_trained_data_with_only_the_command_lines_data_keys() -> None:
     """An experiment's data settings (captions) survive task=eval, which composes the default
     data config; data.* keys given there still win, and another dataset replaces it."""
-    from omegaconf import OmegaConf
-
-    from gentrain.tasks.inference import evaluation_data_config
-
     trained = OmegaConf.create({"name": "shapes", "captions": True, "root": "/old"})
     requested = OmegaConf.create({"name": "shapes", "captions": False, "root": "/new"})
     assert evaluation_data_config(trained, requested, []) == trained

@@ -216,6 +216,26 @@ def test_wgan_gp_resume_is_bitwise_identical(
         assert torch.equal(value, b["ema"]["networks"]["generator"][key]), key
 
 
+def test_the_conditional_demo_setup_trains_and_resumes_bitwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """experiment=gan_shapes_conditional's G and D (conditional batch norm, a real-only AC-GAN
+    head) through the Trainer: the head's losses are logged, and a resume is exact."""
+    setup = ["trainer.max_steps=4", "trainer.deterministic=true", "trainer.ckpt_every=100",
+             "trainer.sample_every=100", "trainer.log_every=2", "model.ema.decay=0.9",
+             "model.conditional=true", "model.g_label_input=batchnorm",
+             "model.aux_classifier_weight=3.0", "model.aux_classifier_sees_fakes=false"]
+    straight, _ = straight_and_resumed(gan_task, tmp_path, setup, monkeypatch, at=2)
+    assert {"discriminator/aux_class_loss_real", "discriminator/aux_class_loss_fake",
+            "generator/aux_class_loss_fake"} <= set(straight["final_metrics"])
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert any(key.startswith("discriminator.q.") for key in a["model"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, value in a["ema"]["networks"]["generator"].items():
+        assert torch.equal(value, b["ema"]["networks"]["generator"][key]), key
+
+
 def test_compile_with_the_gradient_penalty_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GentrainError, match="gradient penalty.*trainer.compile=false"):
         gan_task(tmp_path, ["trainer.max_steps=1", "trainer.compile=true", *WGAN])

@@ -126,9 +126,10 @@ def test_dcgan_generator_with_conditional_batch_norm_takes_the_label_only_there(
     assert not torch.allclose(g(z, ones), before)
 
 
-def test_unknown_g_label_input_is_a_config_error() -> None:
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_unknown_g_label_input_is_a_config_error(arch: str) -> None:
     with pytest.raises(GentrainError, match="g_label_input"):
-        DCGANGenerator(LATENT, 3, 32, BASE, num_classes=6, label_input="film")
+        build_gan_networks(arch, LATENT, 3, 32, 32, 6, BASE, "none", False, "film")
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])

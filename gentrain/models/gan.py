@@ -134,7 +134,7 @@ class GAN(AdversarialModel):
                 return self._judge_fakes(critic, images, label, latent)
             if self.aux_weight:  # AC-GAN: the class head's logits on the real images too
                 logits, class_logits = critic(images, label, with_q=True)
-                return logits, class_logits
+                return logits, {"class_logits": class_logits}
             return critic(images, label)
 
         return [Duel("discriminator", fakes["image"], batch["image"] if with_real else None,
@@ -144,7 +144,8 @@ class GAN(AdversarialModel):
                             verdicts: list[Verdict]) -> dict[str, Tensor]:
         terms = dict(verdicts[0].fake_extra)
         if self.aux_weight:  # AC-GAN: D's class head learns the real images' labels
-            real_loss = F.cross_entropy(verdicts[0].real_extra.float(), fakes["label"])
+            real_logits = verdicts[0].real_extra["class_logits"]
+            real_loss = F.cross_entropy(real_logits.float(), fakes["label"])
             fake_loss = terms["loss"] if self.aux_sees_fakes else 0.0
             terms["loss"] = fake_loss + self.aux_weight * real_loss
             terms["aux_class_loss_real"] = real_loss.detach()

@@ -88,7 +88,8 @@ def _spectral_norm(module: nn.Module) -> None:
             _sn(m)
 
 
-# -- DCGAN --------------------------------------------------------------------------------------
+# -- shared layers ------------------------------------------------------------------------------
+
 
 class ConditionalBatchNorm(nn.Module):
     """Batch norm whose scale and shift are looked up per class (1 and 0 at initialisation, so
@@ -109,6 +110,8 @@ class ConditionalBatchNorm(nn.Module):
             return h
         return h * self.gain(label)[:, :, None, None] + self.bias(label)[:, :, None, None]
 
+
+# -- DCGAN --------------------------------------------------------------------------------------
 
 
 def _d_norm(kind: str, channels: int) -> nn.Module:
@@ -350,7 +353,8 @@ class ResNetDiscriminator(nn.Module):
 
 
 class InfoDiscriminator(nn.Module):
-    """A GAN discriminator with InfoGAN's recognition head Q(c | x) on its body (Chen et al.).
+    """A GAN discriminator with InfoGAN's recognition head Q(c | x) on its body (Chen et al.);
+    AC-GAN's class head is the same head with one output per class.
 
     Q shares every layer of D's body and adds FC(hidden)-BN-LeakyReLU(0.2)-FC(q_outputs), the
     paper's Q head, initialised N(0, 0.02) like the reference code's fully connected layers.
@@ -399,6 +403,8 @@ def build_gan_networks(
             f"or 128 px, or 28 (MNIST: G generates 32 px and crops the centre, D pads back to "
             f"32), but the data is {height}x{width}; set data.resolution to one of these.")
     require(d_norm in D_NORMS, f"model.d_norm={d_norm!r} is not one of {', '.join(D_NORMS)}.")
+    require(g_label_input in G_LABEL_INPUTS,  # checked here too: the ResNet G does not read it
+            f"model.g_label_input={g_label_input!r} is not one of {', '.join(G_LABEL_INPUTS)}.")
     require(base_channels is None or base_channels >= 1,
             f"model.base_channels must be >= 1 (or null for the default), not {base_channels}.")
     base = DEFAULT_WIDTH[arch] if base_channels is None else base_channels
