@@ -23,7 +23,6 @@ from gentrain.data.datasets.shapes import ATTRIBUTE_NAMES, SHAPE_NAMES, render_s
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.errors import GentrainError
 from gentrain.models.stargan import StarGAN, classification_loss
-from gentrain.nets.pix2pix import UNetGenerator
 from gentrain.nets.stargan import StarDiscriminator
 
 STAR_FAST = [*FAST_RUN, "model=stargan", "model.base_channels=4", "model.num_blocks=1",
@@ -102,25 +101,6 @@ def test_the_identity_term_is_the_l1_of_g_to_the_own_domain_added_with_its_weigh
 def test_a_negative_identity_weight_is_a_clear_error() -> None:
     with pytest.raises(GentrainError, match="model.id_weight must be >= 0"):
         tiny_model(id_weight=-1.0)
-
-
-def test_the_unet_generator_translates_with_the_target_domain_as_input() -> None:
-    """model.generator_arch=unet: pix2pix's U-Net takes the image with c on its channels, and
-    a different target gives a different translation."""
-    model, batch = tiny_model(generator_arch="unet"), tiny_batch()
-    assert isinstance(model.generator, UNetGenerator)
-    assert model.generator.net.down[0].in_channels == 3 + SPEC.num_classes
-    x, label = batch["image"], batch["label"]
-    with torch.no_grad():
-        out = model.translate(x, label)
-        other = model.translate(x, 1 - label)
-    assert out.shape == x.shape
-    assert not torch.allclose(out, other)
-
-
-def test_an_unknown_generator_arch_is_a_clear_error() -> None:
-    with pytest.raises(GentrainError, match="model.generator_arch='vit' is not one of"):
-        tiny_model(generator_arch="vit")
 
 
 def test_the_d_step_classifies_real_images_by_their_own_labels() -> None:

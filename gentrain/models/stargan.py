@@ -28,12 +28,10 @@ from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import GentrainError, require
 from gentrain.models.adversarial_step import AdversarialModel, Duel, Fakes, Verdict
 from gentrain.models.base import Grid
-from gentrain.nets.pix2pix import UNetGenerator
 from gentrain.nets.stargan import StarDiscriminator
 from gentrain.nets.translation import ResnetGenerator
 
 GRID_ROWS = 8
-GENERATOR_ARCHS = ("resnet", "unet")
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -57,7 +55,6 @@ class StarGAN(AdversarialModel):
         self,
         spec: DataSpec,
         *,
-        generator_arch: str = "resnet",
         base_channels: int = 64,
         num_blocks: int = 6,
         d_base_channels: int = 64,
@@ -77,23 +74,11 @@ class StarGAN(AdversarialModel):
         self.cls_weight, self.rec_weight, self.id_weight = cls_weight, rec_weight, id_weight
         self.num_domains = spec.num_classes
         self.groups = _group_indices(exclusive_groups, spec.class_names)
-        require(generator_arch in GENERATOR_ARCHS,
-                f"model.generator_arch={generator_arch!r} is not one of "
-                f"{', '.join(GENERATOR_ARCHS)}: resnet is the paper's G, unet pix2pix's.")
-        in_channels = spec.channels + self.num_domains
-        if generator_arch == "unet":
-            # Skip connections hand the input's detail to the output, so G need not redraw
-            # every outline through its bottleneck (not the paper's G).
-            self.generator: nn.Module = UNetGenerator(
-                in_channels, spec.channels, spec.height, base_channels=base_channels,
-                norm="instance", dropout=0.0)
-        else:
-            # Zero padding, as in the paper: under reflection padding the replicated c would
-            # be constant after the first conv, and its instance norm would erase it.
-            self.generator = ResnetGenerator(in_channels, spec.channels,
-                                             base_channels=base_channels,
-                                             num_blocks=num_blocks, affine=True,
-                                             padding="zeros")
+        # Zero padding, as in the paper: under reflection padding the replicated c would be
+        # constant after the first conv, and its instance norm would erase it.
+        self.generator = ResnetGenerator(spec.channels + self.num_domains, spec.channels,
+                                         base_channels=base_channels, num_blocks=num_blocks,
+                                         affine=True, padding="zeros")
         self.discriminator = StarDiscriminator(spec.channels, spec.height, self.num_domains,
                                                base_channels=d_base_channels,
                                                num_layers=d_layers)
