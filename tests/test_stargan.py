@@ -82,27 +82,6 @@ def test_the_g_step_is_adversarial_plus_target_bce_plus_cycle_l1_by_hand() -> No
                           + 10.0 * out["reconstruction"], atol=1e-5)
 
 
-def test_the_identity_term_is_the_l1_of_g_to_the_own_domain_added_with_its_weight() -> None:
-    """model.id_weight adds λ_id · |G(x, c_org) − x| to G's loss, on top of the paper's terms."""
-    plain, with_identity = tiny_model(), tiny_model(id_weight=5.0)
-    batch = tiny_batch()
-    torch.manual_seed(5)
-    base = plain.loss(batch, "generator")
-    torch.manual_seed(5)
-    out = with_identity.loss(batch, "generator")
-    assert "identity" not in base
-    with torch.no_grad():
-        same = with_identity.translate(batch["image"], batch["label"])
-    assert torch.allclose(out["identity"], (same - batch["image"]).abs().mean())
-    assert out["identity"] > 0
-    assert torch.allclose(out["loss"], base["loss"] + 5.0 * out["identity"], atol=1e-5)
-
-
-def test_a_negative_identity_weight_is_a_clear_error() -> None:
-    with pytest.raises(GentrainError, match="model.id_weight must be >= 0"):
-        tiny_model(id_weight=-1.0)
-
-
 def test_the_d_step_classifies_real_images_by_their_own_labels() -> None:
     model, batch = tiny_model(), tiny_batch()
     x, label = batch["image"], batch["label"]

@@ -12,8 +12,7 @@ cycle G(G(x, c_trg), c_org). The targets are the batch's labels in random order 
 code's ``label_trg = label_org[rand_idx]``), so they are always valid label combinations,
 mutually exclusive groups such as hair colour included. Five critic updates per generator
 update, each on a fresh batch (the reference gives G the fifth critic batch; here it draws
-its own), through the shared adversarial step. ``id_weight`` > 0 adds CycleGAN's identity
-L1 |G(x, c_org) − x| to G's loss, which the paper does not have.
+its own), through the shared adversarial step.
 """
 
 from __future__ import annotations
@@ -62,16 +61,14 @@ class StarGAN(AdversarialModel):
         critic_steps: int = 5,
         cls_weight: float = 1.0,
         rec_weight: float = 10.0,
-        id_weight: float = 0.0,
         gp_weight: float = 10.0,
         exclusive_groups: Sequence[Sequence[str]] = (),
     ) -> None:
         super().__init__(spec)
         self.set_game("wgan-gp", critic_steps=critic_steps, gp_weight=gp_weight)
-        for key, weight in (("cls_weight", cls_weight), ("rec_weight", rec_weight),
-                            ("id_weight", id_weight)):
+        for key, weight in (("cls_weight", cls_weight), ("rec_weight", rec_weight)):
             require(weight >= 0, f"model.{key} must be >= 0, not {weight}.")
-        self.cls_weight, self.rec_weight, self.id_weight = cls_weight, rec_weight, id_weight
+        self.cls_weight, self.rec_weight = cls_weight, rec_weight
         self.num_domains = spec.num_classes
         self.groups = _group_indices(exclusive_groups, spec.class_names)
         # Zero padding, as in the paper: under reflection padding the replicated c would be
@@ -142,17 +139,9 @@ class StarGAN(AdversarialModel):
         classification = classification_loss(verdicts[0].fake_extra, fakes["target"])
         cycle = self.translate(fake, self._labels(batch), self.network("generator"))
         reconstruction = (real.float() - cycle.float()).abs().mean()
-        terms = {"loss": self.cls_weight * classification + self.rec_weight * reconstruction,
-                 "adversarial": verdicts[0].loss, "classification": classification.detach(),
-                 "reconstruction": reconstruction.detach()}
-        if self.id_weight > 0:
-            # CycleGAN's identity mapping: G(x, c_org) = x, so G learns to leave alone what
-            # the target does not change (not in the StarGAN paper; off by default).
-            same = self.translate(real, self._labels(batch), self.network("generator"))
-            identity = (real.float() - same.float()).abs().mean()
-            terms["loss"] = terms["loss"] + self.id_weight * identity
-            terms["identity"] = identity.detach()
-        return terms
+        return {"loss": self.cls_weight * classification + self.rec_weight * reconstruction,
+                "adversarial": verdicts[0].loss, "classification": classification.detach(),
+                "reconstruction": reconstruction.detach()}
 
     # -- inference ----------------------------------------------------------------------------
 
