@@ -11,6 +11,7 @@ from conftest import FAST_RUN, run_task
 from omegaconf import OmegaConf
 
 from gentrain.data import build_data
+from gentrain.data.datasets.shapes import render_shapes
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 from gentrain.sample_quality import classes
@@ -343,3 +344,15 @@ def test_a_code_that_decides_the_class_has_a_high_normalised_mutual_information(
     independent, _ = quality(Coded(quality.data.spec, False))
     assert decided["eval/code_nmi_domain"] > 0.8
     assert independent["eval/code_nmi_domain"] < 0.1
+
+
+def test_the_class_judge_of_attribute_shapes_sees_the_attribute_colour_scheme() -> None:
+    """StarGAN's content judge (class labels of data.labels=attributes shapes) trains on the
+    same images the translator sees: named colours on light or dark grounds, not free ones."""
+    attributes = data_cfg(labels="attributes", captions=False)
+    judged = judge_data_config(attributes, "class")
+    assert judged.labels == "class"
+    kwargs = {"n": 8, "resolution": 16, "channels": 3, "seed": 3}
+    seen = render_shapes(**kwargs, attributes=True).images
+    assert torch.equal(render_shapes(**kwargs, named_colours=judged.captions).images, seen)
+    assert not torch.equal(render_shapes(**kwargs).images, seen)

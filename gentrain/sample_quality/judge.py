@@ -197,6 +197,11 @@ def judge_data_config(data_cfg: DictConfig, label_kind: str | None = None) -> Di
     if "caption_holdout" in cfg:
         cfg.caption_holdout = []
     if label_kind is not None and "labels" in cfg:
+        if cfg.labels == "attributes" and label_kind == "class" and "captions" in cfg:
+            # Shapes' attributes draw the named colours (light or dark grounds), the class
+            # labels free ones: a class judge of the free colours misreads light grounds.
+            # Captioned shapes draw the named colours and keep the class labels.
+            cfg.captions = True
         cfg.labels = label_kind
     return cfg
 
