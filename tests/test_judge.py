@@ -11,7 +11,6 @@ from conftest import FAST_RUN, run_task
 from omegaconf import OmegaConf
 
 from gentrain.data import build_data
-from gentrain.data.datasets.shapes import render_shapes
 from gentrain.errors import GentrainError
 from gentrain.models.base import GenerativeModel
 from gentrain.sample_quality import classes
@@ -348,11 +347,16 @@ def test_a_code_that_decides_the_class_has_a_high_normalised_mutual_information(
 
 def test_the_class_judge_of_attribute_shapes_sees_the_attribute_colour_scheme() -> None:
     """StarGAN's content judge (class labels of data.labels=attributes shapes) trains on the
-    same images the translator sees: named colours on light or dark grounds, not free ones."""
+    same test images the translator is judged on: named colours on light or dark grounds, not
+    the free colours of data.labels=class."""
     attributes = data_cfg(labels="attributes", captions=False)
     judged = judge_data_config(attributes, "class")
     assert judged.labels == "class"
-    kwargs = {"n": 8, "resolution": 16, "channels": 3, "seed": 3}
-    seen = render_shapes(**kwargs, attributes=True).images
-    assert torch.equal(render_shapes(**kwargs, named_colours=judged.captions).images, seen)
-    assert not torch.equal(render_shapes(**kwargs).images, seen)
+
+    def test_images(cfg: OmegaConf) -> torch.Tensor:
+        return torch.cat([b["image"] for b in build_data(cfg).eval_batches(split="test",
+                                                                             device=CPU)])
+
+    seen = test_images(attributes)
+    assert torch.equal(test_images(judged), seen)
+    assert not torch.equal(test_images(data_cfg()), seen)

@@ -187,7 +187,8 @@ def judge_data_config(data_cfg: DictConfig, label_kind: str | None = None) -> Di
     """The labelled dataset behind ``data_cfg``: translation keys (``pair``, ``unpaired``)
     cleared and ``patches`` dropped, so a judge of shapes serves pix2pix, CycleGAN and
     Puzzle-GAN on shapes too; ``label_kind`` asks for class labels or attributes where the
-    dataset offers both (shapes' ``labels``). Shape-colour pairs held out of the training
+    dataset offers both (shapes' ``labels``; a class judge of attribute shapes keeps their
+    colour scheme). Shape-colour pairs held out of the training
     captions come back: the judge measures every pair, most of all those a model never saw."""
     cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
     for key in TASK_KEYS:
