@@ -117,6 +117,17 @@ def test_the_reference_features_are_computed_once_and_reused(tmp_path: Path) -> 
     assert second["metrics"] == first["metrics"]  # same seed, same reference: same numbers
 
 
+def test_eval_scores_the_ema_weights_unless_eval_ema_is_false(tmp_path: Path) -> None:
+    """eval.ema=false scores the live G of a run that keeps an EMA, and says so in eval.json."""
+    run_dir = tmp_path / "run"
+    run_task(run_dir, ["trainer.max_steps=3", "model.ema.decay=0.5"], base=FAMILIES["gan"])
+    args = ["task=eval", f"ckpt={run_dir}", *offline_quality(tmp_path)]
+    ema = run_task(tmp_path / "ema", args, base=FAMILIES["gan"])
+    live = run_task(tmp_path / "live", [*args, "eval.ema=false"], base=FAMILIES["gan"])
+    assert (ema["weights"], live["weights"]) == ("ema", "live")
+    assert ema["metrics"]["eval/fid"] != live["metrics"]["eval/fid"]
+
+
 class Replay(torch.nn.Module):
     """A stand-in 'model' whose samples are the reference images themselves (or noise)."""
 

@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
         )
     device = resolve_device(cfg.trainer.device)
     model, state, trained = model_from_checkpoint(
-        cfg.ckpt, use_ema=True, device=device, cfg=cfg, overrides=overrides
+        cfg.ckpt, use_ema=cfg.eval.ema, device=device, cfg=cfg, overrides=overrides
     )
     # The data the model was trained on, with the data keys the command line gives.
     data_cfg = evaluation_data_config(trained.data, cfg.data, overrides)
@@ -84,6 +84,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> d
     checkpoint = ckpt.resolve_checkpoint(cfg.ckpt)
     result = {"checkpoint": str(checkpoint), "step": int(state["step"]),
               "family": model.family, "split": cfg.eval.split, "limit": cfg.eval.limit,
+              "weights": "ema" if cfg.eval.ema and state.get("ema") is not None else "live",
               "metrics": metrics, "sample_quality_protocol": protocol}
     if rows is not None:
         result["samplers"] = per_sampler  # the protocol above holds for every row
@@ -167,7 +168,7 @@ def sampler_models(cfg: DictConfig, overrides: Sequence[str], model: GenerativeM
                 row_overrides.append(f"{key}={value}")
         try:
             row_model, _, _ = model_from_checkpoint(
-                cfg.ckpt, use_ema=True, device=torch.device("cpu"), cfg=row_cfg,
+                cfg.ckpt, use_ema=cfg.eval.ema, device=torch.device("cpu"), cfg=row_cfg,
                 overrides=row_overrides)
         except GentrainError as error:
             raise GentrainError(f"eval.samplers entry {label!r}: {error}") from None
