@@ -39,7 +39,7 @@ from gentrain.sample_quality.judge import (
     judge_data_config,
     obtain_judge,
 )
-from gentrain.sample_quality.pixels import border_brightness, wasserstein_1d
+from gentrain.sample_quality.pixels import border_brightness, colour_moments, wasserstein_1d
 from gentrain.sample_quality.prompts import PromptChecks, require_captions, with_model_words
 from gentrain.sample_quality.statistics import (
     frechet_distance,
@@ -63,6 +63,7 @@ class Judged:
     content: list[Tensor] = field(default_factory=list)  # class judge: [input, output] classes
     codes: list[Tensor] = field(default_factory=list)  # the sampler's discrete code
     border: list[Tensor] = field(default_factory=list)  # each image's border brightness
+    colour: list[Tensor] = field(default_factory=list)  # each image's colour moments
     prompts: list[Tensor] = field(default_factory=list)  # prompt rows of the reference captions
     heldout_prompts: list[Tensor] = field(default_factory=list)  # ... of held-out pairs' captions
 
@@ -125,10 +126,11 @@ class DomainQuality:
             judged.pool.append(out["pool"])
             judged.logits.append(out["logits"])
             judged.border.append(border_brightness(pixels))
+            judged.colour.append(colour_moments(pixels))
             if "label" in batch and key == "image":
                 judged.wanted.append(batch["label"])
         result = {name: judged.gathered(name, self.device)
-                  for name in ("pool", "logits", "border")}
+                  for name in ("pool", "logits", "border", "colour")}
         labels = judged.gathered("wanted", self.device)
         if labels is not None:
             result["labels"] = labels
@@ -212,6 +214,7 @@ class DomainQuality:
             judged.pool.append(out["pool"])
             judged.logits.append(out["logits"])
             judged.border.append(border_brightness(pixels))
+            judged.colour.append(colour_moments(pixels))
             if codes is not None:
                 judged.codes.append(codes)
             if prompts is not None:  # judged against what the caption asks for instead
@@ -244,7 +247,7 @@ class DomainQuality:
         bar.close()
         model.train(was_training)
         result = {name: judged.gathered(name, self.device)
-                  for name in ("pool", "logits", "wanted", "content", "codes", "border",
+                  for name in ("pool", "logits", "wanted", "content", "codes", "border", "colour",
                                "prompts", "heldout_prompts")}
         kept = {k: v for k, v in result.items() if v is not None}
         kept["translator"] = torch.tensor(judged.translator)
@@ -267,7 +270,11 @@ class DomainQuality:
                "border_brightness_real": float(real["border"].mean()),
                "border_w1": wasserstein_1d(fake["border"], real["border"]),
                "border_w1_real": wasserstein_1d(
-                   self._subsample(heldout["border"], count, "baseline"), real["border"])}
+                   self._subsample(heldout["border"], count, "baseline"), real["border"]),
+               # Judge-free: the colours (a class judge is blind to a single-hue generator).
+               "colour_fd": fd_of_rows(real["colour"], fake["colour"]),
+               "colour_fd_real": fd_of_rows(
+                   real["colour"], self._subsample(heldout["colour"], count, "baseline"))}
         if "fd" in self.metrics:
             out["fd_domain"] = fd_of_rows(real["pool"], fake["pool"])
             out["fd_domain_real"] = fd_of_rows(real["pool"], baseline)
