@@ -25,15 +25,15 @@ RECORDING = Path(__file__).parent / "recorded" / "adversarial_updates.json"
 STEPS = ["trainer.max_steps=3", "trainer.deterministic=true", "trainer.sample_every=100",
          "trainer.ckpt_every=100", "trainer.eval_every=100", "trainer.eval_limit=8",
          "trainer.num_samples=4"]
+# The learning rates the gan_shapes recipe had when the GAN runs were recorded.
+GAN = ["model=gan", "model.base_channels=8", "model.latent_dim=8",
+       "model.optim.discriminator.lr=1e-4", "model.optim.generator.lr=3e-4"]
 FAMILIES: dict[str, list[str]] = {
-    "gan": ["model=gan", "model.base_channels=8", "model.latent_dim=8"],
-    "gan_wgan_gp": ["model=gan", "model.base_channels=8", "model.latent_dim=8",
-                    "model.loss=wgan-gp", "model.critic_steps=2"],
-    "gan_conditional_hinge_r1": ["model=gan", "model.base_channels=8", "model.latent_dim=8",
-                                 "model.conditional=true", "model.loss=hinge",
+    "gan": GAN,
+    "gan_wgan_gp": [*GAN, "model.loss=wgan-gp", "model.critic_steps=2"],
+    "gan_conditional_hinge_r1": [*GAN, "model.conditional=true", "model.loss=hinge",
                                  "model.r1_weight=1.0"],
-    "gan_grad_accum": ["model=gan", "model.base_channels=8", "model.latent_dim=8",
-                       "trainer.grad_accum=2"],
+    "gan_grad_accum": [*GAN, "trainer.grad_accum=2"],
     "infogan": ["model=infogan", "model.base_channels=8", "model.noise_dim=6",
                 "model.categorical=3", "model.continuous=2"],
     "pix2pix": ["model=pix2pix", "data.pair=labels", "model.base_channels=4",
