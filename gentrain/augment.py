@@ -98,13 +98,12 @@ POLICIES: dict[str, Callable[[Tensor], Tensor]] = {
     "color": color, "translation": translation, "cutout": cutout, "hue": hue}
 
 
-def diff_augment(policy: Sequence[str], probability: float = 1.0,
-                 key: str = "model.diffaugment") -> Callable[[Tensor], Tensor] | None:
+def diff_augment(policy: Sequence[str], probability: float = 1.0
+                 ) -> Callable[[Tensor], Tensor] | None:
     """The transform applying ``policy``'s augmentations in turn (None for an empty policy),
-    each to every image (DiffAugment's p = 1) or to each image with ``probability`` (ADA's p);
-    ``key`` names the setting in errors."""
+    each to every image (DiffAugment's p = 1) or to each image with ``probability`` (ADA's p)."""
     unknown = [name for name in policy if name not in POLICIES]
-    require(not unknown, f"{key} has {unknown}, which is not among "
+    require(not unknown, f"model.diffaugment has {unknown}, which is not among "
             f"{', '.join(POLICIES)}; give a list of them, e.g. [color,translation,cutout], or [] "
             "for none.")
     require(0 < probability <= 1, f"model.diffaugment_p={probability} must be in (0, 1]: the "

@@ -227,37 +227,6 @@ def test_infogan_resume_is_bitwise_identical(tmp_path: Path,
         assert torch.equal(value, b["ema"]["networks"]["generator"][key]), key
 
 
-class RecordingCritic(torch.nn.Module):
-    """Wraps InfoGAN's D and records each batch it is shown and whether Q was asked."""
-
-    def __init__(self, critic: torch.nn.Module) -> None:
-        super().__init__()
-        self.critic, self.seen = critic, []
-
-    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None,
-                with_q: bool = False) -> Any:
-        self.seen.append((with_q, x.detach().clone()))
-        return self.critic(x, label, with_q=with_q)
-
-
-def test_q_augment_shows_q_transformed_fakes_and_d_the_fakes_themselves() -> None:
-    """model.q_augment=[hue]: D's logits come from the fakes as they are, Q reads the codes
-    from their hue rotations (the same pixels' brightness, other colours)."""
-    model = tiny_model(q_augment=["hue"])
-    model.discriminator = RecordingCritic(model.discriminator)
-    model.loss(batch(), "discriminator")
-    (q_real, _), (q_fake, fake), (q_aug, augmented) = model.discriminator.seen
-    assert (q_real, q_fake, q_aug) == (False, False, True)
-    assert not torch.allclose(augmented, fake)
-    assert torch.allclose(augmented.norm(dim=1), fake.norm(dim=1), atol=1e-5)
-    plain = tiny_model()
-    plain.discriminator = RecordingCritic(plain.discriminator)
-    plain.loss(batch(), "discriminator")
-    assert [with_q for with_q, _ in plain.discriminator.seen] == [False, True]
-    with pytest.raises(GentrainError, match="model.q_augment has"):
-        tiny_model(q_augment=["hues"])
-
-
 @pytest.mark.parametrize(("override", "match"), [
     ({"categorical": 1}, "0 \\(none\\) or >= 2"),
     ({"categorical": 0, "continuous": 0}, "at least one latent code"),

@@ -14,12 +14,6 @@ authors' code (openai/InfoGAN): the D step adds it on the detached fakes, traini
 the Q head (both discriminator-phase parameters); the G step adds it through the frozen D and Q,
 training G alone. So the shared body learns to tell real from fake and to read the codes, and
 Q's head is never in the generator's optimizer.
-
-``q_augment`` (not in the paper) makes the codes invariant to chosen transforms: Q reads them
-from a second pass of the fakes through augmentations (gentrain.augment's policies, on every
-image) while D's real/fake logits come from the fakes as D sees them. A code then cannot hide in
-what the transforms change (hue, a shift), the idea of invariant clustering (Ji et al. 2019's
-IIC), and D, which judges the unchanged fakes, learns nothing that leaks into G.
 """
 
 from __future__ import annotations
@@ -31,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gentrain.augment import diff_augment
 from gentrain.data.core.batch import Batch, DataSpec
 from gentrain.errors import require
 from gentrain.models.base import Grid
@@ -95,7 +88,6 @@ class InfoGAN(GAN):
         gp_weight: float = 10.0,
         diffaugment: Sequence[str] = (),
         diffaugment_p: float = 1.0,
-        q_augment: Sequence[str] = (),
     ) -> None:
         require(noise_dim >= 1, f"model.noise_dim must be >= 1, not {noise_dim}.")
         require(categorical == 0 or categorical >= 2,
@@ -116,7 +108,6 @@ class InfoGAN(GAN):
         self.noise_dim, self.categorical, self.continuous = noise_dim, categorical, continuous
         self.weights = {"categorical": categorical_weight, "continuous": continuous_weight}
         self.learn_std = learn_std
-        self.q_augment = diff_augment(list(q_augment), key="model.q_augment")
         q_outputs = categorical + continuous * (2 if learn_std else 1)
         self.discriminator: InfoDiscriminator = InfoDiscriminator(
             self.discriminator, q_outputs, q_hidden)
@@ -149,10 +140,7 @@ class InfoGAN(GAN):
                      latent: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """D's logits and λ·(−L_I + H(c)) on the fakes; logged: the bound L_I per kind of code
         (nats; H(c) is log k, and log 2 per U(-1, 1) code) and Q's categorical accuracy."""
-        if self.q_augment is None:
-            logits, q = critic(fake, label, with_q=True)
-        else:
-            logits, (_, q) = critic(fake, label), critic(self.q_augment(fake), label, with_q=True)
+        logits, q = critic(fake, label, with_q=True)
         nlls = code_nlls(q, latent[:, self.noise_dim :], self.categorical, self.continuous,
                          self.learn_std)
         info = logits.new_zeros((), dtype=torch.float32)
