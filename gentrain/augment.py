@@ -10,13 +10,12 @@ three policies of the paper, on images in [-1, 1]:
 - ``translation``: a shift of up to 1/8 of the side per axis, filled with zeros;
 - ``cutout``: a square of half the side, at a random place, set to zero.
 
-And one of ADA's colour transforms (Karras et al. 2020):
+And one of ADA's colour transforms (Karras et al. 2020), for data whose hues are spread evenly:
 
 - ``hue``: a rotation of each image's colours about the grey axis by an angle U(-π, π) (grey
   stays grey, brightness and saturation are kept; one-channel images are left as they are).
-  Applied to every image it leaks: D then sees every G's hues as uniform, and G may draw one
-  hue only. ADA's remedy is a probability p < 1 per image and transform (``probability``), so
-  that D still sees the true colours of some images.
+  It leaks (G may learn any hue) unless the data's hues are uniform, as the shapes' are; an
+  InfoGAN's Q head, which shares D's body, then cannot read a code from hue.
 
 Draws come from the global RNG, which the trainer saves and restores, so a resume is exact.
 """
@@ -98,27 +97,19 @@ POLICIES: dict[str, Callable[[Tensor], Tensor]] = {
     "color": color, "translation": translation, "cutout": cutout, "hue": hue}
 
 
-def diff_augment(policy: Sequence[str], probability: float = 1.0
-                 ) -> Callable[[Tensor], Tensor] | None:
-    """The transform applying ``policy``'s augmentations in turn (None for an empty policy),
-    each to every image (DiffAugment's p = 1) or to each image with ``probability`` (ADA's p)."""
+def diff_augment(policy: Sequence[str]) -> Callable[[Tensor], Tensor] | None:
+    """The transform applying ``policy``'s augmentations in turn (None for an empty policy)."""
     unknown = [name for name in policy if name not in POLICIES]
     require(not unknown, f"model.diffaugment has {unknown}, which is not among "
             f"{', '.join(POLICIES)}; give a list of them, e.g. [color,translation,cutout], or [] "
             "for none.")
-    require(0 < probability <= 1, f"model.diffaugment_p={probability} must be in (0, 1]: the "
-            "probability that each image gets each augmentation (1: always, as DiffAugment).")
     if not policy:
         return None
     steps = [POLICIES[name] for name in policy]
 
     def augment(x: Tensor) -> Tensor:
         for step in steps:
-            if probability == 1:
-                x = step(x)
-            else:
-                chosen = _per_image(x) < probability
-                x = torch.where(chosen, step(x), x)
+            x = step(x)
         return x
 
     return augment

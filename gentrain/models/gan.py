@@ -58,14 +58,13 @@ class GAN(AdversarialModel):
         gp_weight: float = 10.0,
         r1_weight: float = 0.0,
         diffaugment: Sequence[str] = (),
-        diffaugment_p: float = 1.0,
         aux_classifier_weight: float = 0.0,
         aux_classifier_sees_fakes: bool = True,
     ) -> None:
         super().__init__(spec)
         self.set_game(loss, critic_steps=critic_steps, gp_weight=gp_weight, r1_weight=r1_weight)
         require(latent_dim >= 1, f"model.latent_dim must be >= 1, not {latent_dim}.")
-        self.augment = diff_augment(list(diffaugment), diffaugment_p)
+        self.augment = diff_augment(list(diffaugment))
         if d_norm == "auto":  # the ResNet critic has none; DCGAN's is batch, layer for WGAN-GP
             d_norm = "none" if arch == "resnet" else "layer" if loss == "wgan-gp" else "batch"
         require(not (loss == "wgan-gp" and d_norm == "batch"),

@@ -87,7 +87,6 @@ class InfoGAN(GAN):
         critic_steps: int = 1,
         gp_weight: float = 10.0,
         diffaugment: Sequence[str] = (),
-        diffaugment_p: float = 1.0,
     ) -> None:
         require(noise_dim >= 1, f"model.noise_dim must be >= 1, not {noise_dim}.")
         require(categorical == 0 or categorical >= 2,
@@ -103,8 +102,7 @@ class InfoGAN(GAN):
         super().__init__(spec, arch=arch, loss=loss, latent_dim=noise_dim + categorical +
                          continuous, base_channels=base_channels, d_norm=d_norm,
                          spectral_norm=spectral_norm, critic_steps=critic_steps,
-                         gp_weight=gp_weight, diffaugment=diffaugment,
-                         diffaugment_p=diffaugment_p)
+                         gp_weight=gp_weight, diffaugment=diffaugment)
         self.noise_dim, self.categorical, self.continuous = noise_dim, categorical, continuous
         self.weights = {"categorical": categorical_weight, "continuous": continuous_weight}
         self.learn_std = learn_std
