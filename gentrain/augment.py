@@ -10,19 +10,11 @@ three policies of the paper, on images in [-1, 1]:
 - ``translation``: a shift of up to 1/8 of the side per axis, filled with zeros;
 - ``cutout``: a square of half the side, at a random place, set to zero.
 
-And one of ADA's colour transforms (Karras et al. 2020), for data whose hues are spread evenly:
-
-- ``hue``: a rotation of each image's colours about the grey axis by an angle U(-π, π) (grey
-  stays grey, brightness and saturation are kept; one-channel images are left as they are).
-  It leaks (G may learn any hue) unless the data's hues are uniform, as the shapes' are; an
-  InfoGAN's Q head, which shares D's body, then cannot read a code from hue.
-
 Draws come from the global RNG, which the trainer saves and restores, so a resume is exact.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -74,27 +66,8 @@ def cutout(x: Tensor, ratio: float = CUTOUT_RATIO) -> Tensor:
     return x * (~inside)[:, None].to(x.dtype)
 
 
-def rotate_hue(x: Tensor, angle: Tensor) -> Tensor:
-    """Rotate each RGB image's colours by ``angle`` (B,) radians about the grey axis (1, 1, 1):
-    2π/3 turns red into green (Rodrigues' rotation, a 3x3 matrix per image)."""
-    axis = torch.full((3,), 1 / math.sqrt(3.0), device=x.device, dtype=x.dtype)
-    cross = torch.zeros(3, 3, device=x.device, dtype=x.dtype)
-    cross[0, 1], cross[0, 2], cross[1, 2] = -axis[2], axis[1], -axis[0]
-    cross = cross - cross.T
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    rotation = (cos * torch.eye(3, device=x.device, dtype=x.dtype) + sin * cross
-                + (1 - cos) * torch.outer(axis, axis))
-    return torch.einsum("bij,bjhw->bihw", rotation, x)
-
-
-def hue(x: Tensor) -> Tensor:
-    if x.shape[1] != 3:
-        return x
-    return rotate_hue(x, (_per_image(x).flatten() * 2 - 1) * math.pi)
-
-
 POLICIES: dict[str, Callable[[Tensor], Tensor]] = {
-    "color": color, "translation": translation, "cutout": cutout, "hue": hue}
+    "color": color, "translation": translation, "cutout": cutout}
 
 
 def diff_augment(policy: Sequence[str]) -> Callable[[Tensor], Tensor] | None:

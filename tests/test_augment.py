@@ -3,13 +3,11 @@ through it, and a GAN with model.diffaugment shows D augmented reals and fakes i
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import Tensor, nn
 
-from gentrain.augment import color, cutout, diff_augment, hue, rotate_hue, translation
+from gentrain.augment import color, cutout, diff_augment, translation
 from gentrain.data.core.batch import DataSpec
 from gentrain.errors import GentrainError
 from gentrain.models.gan import GAN
@@ -53,22 +51,6 @@ def test_color_moves_a_grey_image_by_one_brightness_per_image_within_half() -> N
     assert shift.abs().max() <= 0.5 and shift.std() > 0.2
 
 
-def test_hue_rotation_turns_red_to_green_at_a_third_and_keeps_grey_and_brightness() -> None:
-    red = torch.tensor([1.0, -1.0, -1.0])[None, :, None, None]
-    green = torch.tensor([-1.0, 1.0, -1.0])[None, :, None, None]
-    assert torch.allclose(rotate_hue(red, torch.tensor([2 * math.pi / 3])), green, atol=1e-6)
-    torch.manual_seed(0)
-    x = torch.rand(50, 3, 4, 4) * 2 - 1
-    x[:, :, 0, 0] = x[:, :1, 0, 0]  # one grey pixel per image
-    out = hue(x)
-    assert torch.allclose(out[:, :, 0, 0], x[:, :, 0, 0], atol=1e-6)  # grey stays grey
-    assert torch.allclose(out.sum(dim=1), x.sum(dim=1), atol=1e-5)  # grey-axis component kept
-    assert torch.allclose(out.norm(dim=1), x.norm(dim=1), atol=1e-5)  # a rotation
-    assert (out - x).abs().amax(dim=(1, 2, 3)).min() > 0  # every image rotated
-    grey = torch.rand(4, 1, 4, 4)
-    assert torch.equal(hue(grey), grey)
-
-
 def test_augmentation_is_differentiable_and_reproducible_from_the_global_seed() -> None:
     augment = diff_augment(["color", "translation", "cutout"])
     assert augment is not None and diff_augment([]) is None
@@ -82,7 +64,7 @@ def test_augmentation_is_differentiable_and_reproducible_from_the_global_seed() 
 
 
 def test_an_unknown_policy_is_a_clear_error() -> None:
-    with pytest.raises(GentrainError, match=r"model.diffaugment.*color, translation, cutout, hue"):
+    with pytest.raises(GentrainError, match=r"model.diffaugment.*color, translation, cutout"):
         diff_augment(["colour"])
 
 
