@@ -366,7 +366,7 @@ def test_the_class_judge_of_attribute_shapes_sees_the_attribute_colour_scheme() 
     the free colours of data.labels=class."""
     attributes = data_cfg(labels="attributes", captions=False)
     judged = judge_data_config(attributes, "class")
-    assert judged.labels == "class"
+    assert (judged.labels, judged.colours, judged.captions) == ("class", "named", False)
 
     def test_images(cfg: OmegaConf) -> torch.Tensor:
         return torch.cat([b["image"] for b in build_data(cfg).eval_batches(split="test",

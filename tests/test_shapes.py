@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from gentrain.data.core.tensor_data import DeviceBatchLoader
+from gentrain.data.core.tensor_data import DeviceBatchLoader, TensorSplit
 from gentrain.data.core.transforms import random_hflip
 from gentrain.data.datasets.shapes import SHAPE_NAMES, render_shapes, shapes
+from gentrain.errors import GentrainError
 
 CPU = torch.device("cpu")
 
@@ -68,3 +70,21 @@ def test_flip_moves_image_and_label_map_together() -> None:
         assert same or mirrored
         expected_map = original["label_map"][i] if same else original["label_map"][i].flip(-1)
         assert torch.equal(batch["label_map"][i], expected_map)
+
+
+def test_colour_scheme_named_keeps_class_labels_and_draws_the_attribute_images() -> None:
+    """data.colours=named with class labels draws the attribute scheme's images (what judges a
+    translator of it); auto keeps the free colours for class labels; free cannot be named."""
+    def test_split(**keys: object) -> TensorSplit:
+        return shapes(batch_size=4, resolution=16, num_train=8, num_test=64, **keys).split("test")
+
+    named = test_split(colours="named")
+    attributes = test_split(labels="attributes")
+    assert torch.equal(named.images, attributes.images)
+    assert torch.equal(named.labels, test_split().labels)  # the shape classes, 0-5
+    assert torch.equal(test_split(colours="auto").images, test_split(colours="free").images)
+    assert not torch.equal(test_split(colours="free").images, named.images)
+    with pytest.raises(GentrainError, match="data.colours=free"):
+        test_split(labels="attributes", colours="free")
+    with pytest.raises(GentrainError, match="data.colours='grey'"):
+        test_split(colours="grey")

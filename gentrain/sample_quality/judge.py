@@ -188,7 +188,7 @@ def judge_data_config(data_cfg: DictConfig, label_kind: str | None = None) -> Di
     cleared and ``patches`` dropped, so a judge of shapes serves pix2pix, CycleGAN and
     Puzzle-GAN on shapes too; ``label_kind`` asks for class labels or attributes where the
     dataset offers both (shapes' ``labels``; a class judge of attribute shapes keeps their
-    colour scheme). Shape-colour pairs held out of the training
+    colour scheme, ``data.colours``). Shape-colour pairs held out of the training
     captions come back: the judge measures every pair, most of all those a model never saw."""
     cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
     for key in TASK_KEYS:
@@ -198,11 +198,10 @@ def judge_data_config(data_cfg: DictConfig, label_kind: str | None = None) -> Di
     if "caption_holdout" in cfg:
         cfg.caption_holdout = []
     if label_kind is not None and "labels" in cfg:
-        if cfg.labels == "attributes" and label_kind == "class" and "captions" in cfg:
+        if cfg.labels == "attributes" and label_kind == "class":
             # Shapes' attributes draw the named colours (light or dark grounds), the class
             # labels free ones: a class judge of the free colours misreads light grounds.
-            # Captioned shapes draw the named colours and keep the class labels.
-            cfg.captions = True
+            cfg.colours = "named"
         cfg.labels = label_kind
     return cfg
 

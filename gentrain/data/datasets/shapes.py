@@ -31,6 +31,7 @@ SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 # the background is light, as {0, 1} attributes a translator such as StarGAN can change.
 COLOUR_FAMILIES = ("red", "green", "blue")
 ATTRIBUTE_NAMES = (*COLOUR_FAMILIES, "light_background")
+COLOUR_SCHEMES = ("auto", "free", "named")
 LABEL_KINDS = ("class", "attributes")
 SUPERSAMPLE = 2  # render at 2× and average down: anti-aliased edges
 CHUNK = 512  # images rendered at once; bounds memory at high resolution
@@ -129,7 +130,7 @@ def render_shapes(
 ) -> TensorSplit:
     """``n`` shape images as uint8 (n, channels, res, res) with class labels and label maps;
     with ``attributes`` the labels are the float (n, 4) :data:`ATTRIBUTE_NAMES` instead, and
-    the colours follow them, as they do with ``named_colours`` (captions) whatever the labels
+    the colours follow them, as they do with ``named_colours`` whatever the labels
     (the free-colour images stay exactly as they were); with ``centred`` every shape sits at
     the centre (aligned, as faces in CelebA), all else equal."""
     drawn = draw_shapes(n, channels, seed, attributes or named_colours, centred)
@@ -182,6 +183,21 @@ def _captioned(splits: dict[str, TensorSplit], spec: DataSpec, channels: int, se
                                        caption_length=caption_length)
 
 
+def colour_scheme(colours: str, attributes: bool, captions: bool) -> str:
+    """``free`` (any vivid hue on a dark ground) or ``named`` (red, green or blue on a light
+    or dark ground); ``auto`` names them where the labels or captions do. A class-labelled
+    dataset with ``named`` colours is what judges a translator of the attribute scheme."""
+    require(colours in COLOUR_SCHEMES, f"data.colours={colours!r} is not one of "
+            f"{', '.join(COLOUR_SCHEMES)} for shapes.")
+    names_colours = attributes or captions
+    if colours == "auto":
+        return "named" if names_colours else "free"
+    require(colours == "named" or not names_colours,
+            "data.colours=free draws colours that data.labels=attributes and data.captions=true "
+            "cannot name: use data.colours=named or auto.")
+    return colours
+
+
 def shapes(
     *, batch_size: int, resolution: int = 32, channels: int = 3, num_train: int = 20000,
     num_test: int = 1000, seed: int = 0, hflip: bool = True,
@@ -189,6 +205,7 @@ def shapes(
     unpaired: str | None = None,  # "circle:square": two classes as unpaired domains A, B
     centred: bool = False,  # every shape at the centre (aligned objects, as for Puzzle-GAN)
     captions: bool = False, caption_holdout: Sequence[str] = (), caption_length: int = 16,
+    colours: str = "auto",
 ) -> TensorDataModule | UnpairedDataModule:
     """The shapes dataset as a :class:`TensorDataModule` (train and test splits).
 
@@ -198,7 +215,8 @@ def shapes(
     attribute translators such as StarGAN). ``captions`` adds five phrasings per image (see
     shape_captions.py) and the tokenizer built from the training split's; the shape-colour
     pairs of ``caption_holdout`` ("green triangle") leave the training split. Captions name
-    left and right, so captioned images are never flipped.
+    left and right, so captioned images are never flipped. ``colours`` picks the colour scheme
+    (see :func:`colour_scheme`).
     """
     require(channels in (1, 3), f"data.channels must be 1 or 3 for shapes, not {channels}.")
     require(resolution >= 8, f"data.resolution must be at least 8 for shapes, not {resolution}.")
@@ -208,6 +226,7 @@ def shapes(
             f"data.labels={labels!r} is not one of {', '.join(LABEL_KINDS)} for shapes.")
     task = parse_pair(pair)
     attributes = labels == "attributes"
+    named = colour_scheme(colours, attributes, captions) == "named"
     names = ATTRIBUTE_NAMES if attributes else SHAPE_NAMES
     spec = DataSpec(
         name="shapes", channels=channels, height=resolution, width=resolution,
@@ -216,7 +235,7 @@ def shapes(
     )
     splits = {
         split: render_shapes(n, resolution, channels, derive_seed(seed, split), attributes,
-                             centred, named_colours=captions)
+                             centred, named_colours=named)
         for split, n in (("train", num_train), ("test", num_test))
     }
     if captions:
