@@ -34,8 +34,10 @@ FAMILIES: dict[str, list[str]] = {
     "gan_conditional_hinge_r1": [*GAN, "model.conditional=true", "model.loss=hinge",
                                  "model.r1_weight=1.0"],
     "gan_grad_accum": [*GAN, "trainer.grad_accum=2"],
+    # The infogan_shapes recipe's code weight and augmentation when the run was recorded.
     "infogan": ["model=infogan", "model.base_channels=8", "model.noise_dim=6",
-                "model.categorical=3", "model.continuous=2"],
+                "model.categorical=3", "model.continuous=2", "model.categorical_weight=1.0",
+                "model.diffaugment=[]"],
     "pix2pix": ["model=pix2pix", "data.pair=labels", "model.base_channels=4",
                 "model.d_base_channels=4", "model.d_layers=1"],
     "cyclegan": ["model=cyclegan", "data.unpaired=circle:square", "model.base_channels=4",
