@@ -6,6 +6,8 @@
     python scripts/bench.py --loaders            # images/s of each data loader
     python scripts/bench.py --loaders --data-root ~/data   # ... reading the real files there
     python scripts/bench.py --pixelcnn-sampling --threads 1  # naive vs cached PixelCNN sampling
+    python scripts/bench.py --family progan --growth-step-times --steps 3 \\
+        data.resolution=128 data.num_train=64     # seconds per step at each grown resolution
 
 Loader rows read fixture-format files written to a temp dir (every real on-disk format, a few
 hundred images each) unless --data-root names the real datasets' data.root.
@@ -23,6 +25,11 @@ the new position only), for the ``pixelcnn_shapes`` demo's gated net with a soft
 28x28 grey and 32x32 RGB. Every naive draw is one full pass over the same canvas, so naive
 times its first ``--naive-draws`` draws and extrapolates to the whole image (it says so);
 cached draws whole batches.
+
+Growth rows (``--growth-step-times``): seconds per training step (one D and one G update) of
+a growing family (``model.growth``) at each resolution of its schedule, mid-fade where a
+resolution fades in, with that resolution's batch size: the model, data and optimizers the
+config gives, without the Trainer.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from gentrain.data import build_data
 from gentrain.data.core.batch import DataSpec
 from gentrain.data.core.seeding import derive_seed
 from gentrain.engine.device import autocast_factory, resolve_device
+from gentrain.engine.growth import GrowthSchedule
 from gentrain.engine.optim import build_optimizer
 from gentrain.errors import GentrainError
 from gentrain.models import build_model
@@ -120,13 +128,18 @@ def training_step(model, loader, cfg, optimizers, autocast) -> int:  # noqa: ANN
     return drawn
 
 
+def build_optimizers(cfg, model, device: torch.device) -> dict:  # noqa: ANN001
+    """The Trainer's optimizer builder, so every loop here runs the same (fused where
+    available) kernel."""
+    optim = OmegaConf.to_container(cfg.model.optim, resolve=True)
+    return {p.name: build_optimizer(optim[p.name], list(model.phase_parameters(p.name)),
+                                    device, f"model.optim.{p.name}")
+            for p in model.phases}
+
+
 def bare_images_per_sec(overrides: list[str], steps: int, warmup: int) -> float:
     cfg, model, loader, device, autocast = bare_setup(overrides)
-    # The Trainer's optimizer builder, so both loops run the same (fused where available) kernel.
-    optim = OmegaConf.to_container(cfg.model.optim, resolve=True)
-    optimizers = {p.name: build_optimizer(optim[p.name], list(model.phase_parameters(p.name)),
-                                          device, f"model.optim.{p.name}")
-                  for p in model.phases}
+    optimizers = build_optimizers(cfg, model, device)
     images = 0
     for i in range(warmup + steps):
         if i == warmup:
@@ -221,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-batches", type=int, nargs="+", default=[1, 16, 64],
                         dest="sampling_batches", metavar="B",
                         help="--pixelcnn-sampling: batch sizes")
+    parser.add_argument("--growth-step-times", action="store_true",
+                        help="seconds per step at each resolution of a growing family instead")
     parser.add_argument("override", nargs="*", help="extra config overrides (key=value)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -237,6 +252,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     overrides = [f"model={args.family}", f"data={args.data}", f"trainer.device={args.device}",
                  f"data.batch_size={args.batch_size}", *args.override]
+    if args.growth_step_times:
+        print(f"{args.family} on {args.data}, {args.steps} steps timed per resolution")
+        for resolution, fade, batch, seconds in growth_step_seconds(overrides, args.steps):
+            print(f"  {resolution:5d} px  fade {fade:.2f}  batch {batch:3d}  {seconds:8.3f} s/step"
+                  f"  {batch / seconds:9.1f} images/s")
+        return
     log_every = max(1, args.steps // 4)
     trainer = trainer_images_per_sec(overrides, args.steps, log_every)
     bare = bare_images_per_sec(overrides, args.steps - log_every, log_every)
@@ -251,6 +272,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.sample:
         rate = sampling_images_per_sec(overrides, args.sample)
         print(f"  sampling {rate:10.2f} images/s ({args.sample} at once, model.sampler)")
+
+
+def growth_step_seconds(overrides: list[str], steps: int) -> list[tuple[int, float, int, float]]:
+    """(resolution, fade, batch, seconds per step) at each resolution of ``model.growth``:
+    mid-fade where one fades in (the initial one: stable), after one untimed step."""
+    cfg, model, loader, device, autocast = bare_setup(overrides)
+    growth = OmegaConf.to_container(cfg.model.growth, resolve=True)
+    schedule = GrowthSchedule.from_config(growth, model.spec.height, cfg.data.batch_size)
+    optimizers = build_optimizers(cfg, model, device)
+    phase = 1000 * (schedule.stabilise_kimg + schedule.fade_kimg)
+    rows = []
+    for i in range(len(schedule.resolutions)):
+        images = phase * (i - 1) + 1000 * (schedule.stabilise_kimg + schedule.fade_kimg / 2)
+        stage = schedule.at(round(max(images, 0)))
+        model.set_growth(stage)
+        loader.set_batch_size(stage.batch_size)
+        for s in range(steps + 1):
+            if s == 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            training_step(model, loader, cfg, optimizers, autocast)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rows.append((stage.resolution, stage.fade, stage.batch_size,
+                     (time.perf_counter() - start) / steps))
+    return rows
 
 
 # (name, channels, side) of the PixelCNN sampling rows.
