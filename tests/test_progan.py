@@ -21,6 +21,7 @@ from gentrain.data.core.batch import DataSpec
 from gentrain.engine.checkpoint import load_checkpoint
 from gentrain.engine.growth import GrowthSchedule
 from gentrain.errors import GentrainError
+from gentrain.models.base import StepContext
 from gentrain.models.progan import ProGAN, fade_reals
 from gentrain.nets.progan import (
     Discriminator,
@@ -156,6 +157,32 @@ def test_the_nonsaturating_game_with_r1_replaces_wgan_gp() -> None:
         ProGAN(spec(), fmap_base=32, fmap_max=16, loss="hinged")
 
 
+def test_lazy_r1_is_weighted_k_times_on_every_kth_d_update_only() -> None:
+    """model.r1_every=4 (StyleGAN2's lazy regularisation): D's loss carries 4·γ/2·R1 on D
+    updates 0, 4, 8, ... (counted from the trainer's step) and no R1 on the others."""
+    torch.manual_seed(0)
+    model = ProGAN(spec(), latent_dim=8, fmap_base=32, fmap_max=16, loss="nonsaturating",
+                   r1_weight=10.0, r1_every=4)
+    model.lod = 0.5
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+
+    def d_loss(step: int, r1_weight: float) -> dict[str, torch.Tensor]:
+        model.r1_weight = r1_weight
+        torch.manual_seed(1)  # the same fakes
+        return model.loss(batch, "discriminator", StepContext(step=step))
+
+    for step, lazy in ((0, True), (1, False), (3, False), (4, True), (6, False)):
+        out, plain = d_loss(step, 10.0), d_loss(step, 0.0)
+        if lazy:
+            torch.testing.assert_close(out["loss"] - plain["loss"],
+                                       4 * 10.0 / 2 * out["r1_penalty"])
+        else:
+            assert "r1_penalty" not in out
+            torch.testing.assert_close(out["loss"], plain["loss"])
+    with pytest.raises(GentrainError, match="model.r1_every"):
+        ProGAN(spec(), fmap_base=32, fmap_max=16, r1_weight=1.0, r1_every=0)
+
+
 def test_bad_data_and_batches_are_clear_errors() -> None:
     with pytest.raises(GentrainError, match="power of two"):
         ProGAN(spec(12, 12))
@@ -169,7 +196,10 @@ def test_bad_data_and_batches_are_clear_errors() -> None:
 
 # A tiny run that grows 4 -> 8 -> 16 px: 32 images to stabilise, 32 to fade; 8 images a batch
 # at 4 px, then 4; Adam's rate halved at 16 px; optimizer resets when each fade starts and ends.
+# The paper's game and rate (the family's defaults), not the shapes recipe's.
 TINY = [*FAST_RUN, "model=progan", "data.num_train=64", "data.num_test=16",
+        "model.loss=wgan-gp", "model.r1_weight=0", "model.optim.generator.lr=0.001",
+        "model.optim.discriminator.lr=0.001",
         "model.latent_dim=8", "model.fmap_base=32", "model.fmap_max=16", "model.ema.decay=0.9",
         "model.growth.stabilise_kimg=0.032", "model.growth.fade_kimg=0.032",
         "model.growth.batch_size={8:4,16:4}", "model.growth.lr={16:0.0005}",

@@ -129,12 +129,15 @@ class AdversarialModel(GenerativeModel):
     generator_first: bool = False
     gp_weight: float = 10.0  # λ of the gradient penalty, applied with objective wgan-gp
     r1_weight: float = 0.0  # γ of R1's γ/2·E‖∇D(x_real)‖², on every D when > 0
+    #: R1 on every r1_every-th D update only, weighted r1_every times (StyleGAN2's lazy
+    #: regularisation: R1's double backward is a third of a small D's step).
+    r1_every: int = 1
     #: What D sees of every image, real or fake, in both phases (DiffAugment, see
     #: gentrain.augment); None: the images themselves.
     augment: Callable[[Tensor], Tensor] | None = None
 
     def set_game(self, objective: str, *, critic_steps: int = 1, gp_weight: float = 10.0,
-                 r1_weight: float = 0.0) -> None:
+                 r1_weight: float = 0.0, r1_every: int = 1) -> None:
         """Check and set the game's settings (named as the model config names them)."""
         require(objective in LOSSES,
                 f"model.loss={objective!r} is not one of {', '.join(LOSSES)}.")
@@ -142,8 +145,11 @@ class AdversarialModel(GenerativeModel):
                 f"model.critic_steps must be a whole number >= 1, not {critic_steps!r}.")
         require(gp_weight >= 0, f"model.gp_weight must be >= 0, not {gp_weight}.")
         require(r1_weight >= 0, f"model.r1_weight must be >= 0 (0: off), not {r1_weight}.")
+        require(isinstance(r1_every, int) and r1_every >= 1,
+                f"model.r1_every must be a whole number >= 1 (1: every D update), not "
+                f"{r1_every!r}.")
         self.objective, self.critic_steps = objective, critic_steps
-        self.gp_weight, self.r1_weight = gp_weight, r1_weight
+        self.gp_weight, self.r1_weight, self.r1_every = gp_weight, r1_weight, r1_every
 
     # -- what the family says -----------------------------------------------------------------
 
@@ -236,6 +242,7 @@ class AdversarialModel(GenerativeModel):
 
     def _discriminator_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         fakes = self._fakes(batch, ctx, "discriminator")
+        with_r1 = (ctx.step * self.critic_steps + ctx.repeat) % self.r1_every == 0
         verdicts, logs = [], {}
         loss: Tensor | float = 0.0
         for duel in self.duels(batch, fakes, with_real=True):
@@ -253,17 +260,17 @@ class AdversarialModel(GenerativeModel):
                       "fake_logit": fake_logits.detach().float().mean()}
             if self.objective == "wgan-gp":
                 values["wasserstein_estimate"] = values["real_logit"] - values["fake_logit"]
-            penalties, values_ = self._penalties(duel, real, fake)
+            penalties, values_ = self._penalties(duel, real, fake, with_r1)
             logs.update(_suffixed({**values, **values_}, duel.name))
             loss = loss + duel_loss + penalties
             verdicts.append(Verdict(duel, fake_logits, fake_extra, duel_loss.detach(),
                                     real_logits, real_extra))
         return self._with_terms(loss, logs, self.discriminator_terms(batch, fakes, verdicts))
 
-    def _penalties(self, duel: Duel, real: Tensor, fake: Tensor
+    def _penalties(self, duel: Duel, real: Tensor, fake: Tensor, with_r1: bool
                    ) -> tuple[Tensor | float, dict[str, Tensor]]:
-        """The gradient penalty (WGAN-GP) and R1 on ``duel``'s D, weighted, with their logs,
-        at the images D was shown (augmented, if it is).
+        """The gradient penalty (WGAN-GP) and, on the D updates ``with_r1``, R1 on ``duel``'s
+        D, weighted, with their logs, at the images D was shown (augmented, if it is).
 
         They call the raw D: DDP does not support autograd.grad through its wrapper, and the
         penalties' parameter gradients still reach the all-reduce of this phase's backward.
@@ -279,10 +286,10 @@ class AdversarialModel(GenerativeModel):
             penalty = gradient_penalty(logits, real, fake)
             logs["gradient_penalty"] = penalty.detach()
             total = total + self.gp_weight * penalty
-        if self.r1_weight > 0:
+        if self.r1_weight > 0 and with_r1:
             r1 = r1_penalty(logits, real)
             logs["r1_penalty"] = r1.detach()
-            total = total + self.r1_weight / 2 * r1
+            total = total + self.r1_every * self.r1_weight / 2 * r1
         return total, logs
 
     def _generator_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:

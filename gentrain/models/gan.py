@@ -57,12 +57,14 @@ class GAN(AdversarialModel):
         critic_steps: int = 1,
         gp_weight: float = 10.0,
         r1_weight: float = 0.0,
+        r1_every: int = 1,
         diffaugment: Sequence[str] = (),
         aux_classifier_weight: float = 0.0,
         aux_classifier_sees_fakes: bool = True,
     ) -> None:
         super().__init__(spec)
-        self.set_game(loss, critic_steps=critic_steps, gp_weight=gp_weight, r1_weight=r1_weight)
+        self.set_game(loss, critic_steps=critic_steps, gp_weight=gp_weight, r1_weight=r1_weight,
+                      r1_every=r1_every)
         require(latent_dim >= 1, f"model.latent_dim must be >= 1, not {latent_dim}.")
         self.augment = diff_augment(list(diffaugment))
         if d_norm == "auto":  # the ResNet critic has none; DCGAN's is batch, layer for WGAN-GP

@@ -70,10 +70,11 @@ class ProGAN(AdversarialModel):
         loss: str = "wgan-gp",
         gp_weight: float = 10.0,
         r1_weight: float = 0.0,
+        r1_every: int = 1,
         drift_weight: float = 0.001,
     ) -> None:
         super().__init__(spec)
-        self.set_game(loss, gp_weight=gp_weight, r1_weight=r1_weight)
+        self.set_game(loss, gp_weight=gp_weight, r1_weight=r1_weight, r1_every=r1_every)
         require(fmap_base >= 1 and fmap_max >= 1,
                 f"model.fmap_base ({fmap_base}) and model.fmap_max ({fmap_max}) must be >= 1.")
         require(minibatch_std_group >= 1,
