@@ -120,6 +120,17 @@ def test_the_shared_adversarial_step_leaves_each_familys_updates_as_recorded(
     assert_matches(replayed["gradients"], recorded["gradients"], rtol=1e-2, atol=1e-4)
 
 
+def test_lazy_r1_follows_the_trainers_count_of_d_updates(tmp_path: Path) -> None:
+    """model.r1_every=3 with two critic steps: the trainer's D updates 0-7 over 4 steps carry
+    R1 on updates 0, 3 and 6, so the logs of steps 1, 2 and 4 hold it and step 3's does not."""
+    run_task(tmp_path, [*GAN, "model.r1_weight=1.0", "model.r1_every=3", "model.critic_steps=2",
+                        "trainer.max_steps=4", "trainer.log_every=1", "trainer.sample_every=100",
+                        "trainer.ckpt_every=100", "trainer.eval_every=100"], base=FAST_RUN)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = {row["step"] for row in rows if "discriminator/r1_penalty" in row}
+    assert logged == {1, 2, 4}
+
+
 if __name__ == "__main__":
     import tempfile
 
